@@ -1,0 +1,191 @@
+//! The host-independent dispatch of one batch through the ports: group by address,
+//! load, process, re-send, commit, send, report. The AWS dispatcher and the harness run
+//! this; the embedded runtime executes the same [`AddressOutcome`]s with group commit.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::thread::Thread;
+
+use crate::batch::{AddressOutcome, BatchConfig, process_address};
+use crate::function::Registry;
+use crate::message::{Envelope, MessageId};
+use crate::ports::{StateStore, Transport};
+use crate::typename::Address;
+
+/// A message that was not settled, and whether retrying can help. Messages blocked
+/// behind a failed one of their address are retryable with a reason naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedMessage {
+    pub id: MessageId,
+    pub reason: String,
+    pub retryable: bool,
+}
+
+/// What became of each message of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub settled: Vec<MessageId>,
+    pub failed: Vec<FailedMessage>,
+    pub commits: usize,
+    pub conflicts: usize,
+}
+
+impl BatchReport {
+    fn fail_all(&mut self, ids: impl IntoIterator<Item = MessageId>, reason: &str) {
+        self.failed.extend(ids.into_iter().map(|id| FailedMessage {
+            id,
+            reason: reason.to_string(),
+            retryable: true,
+        }));
+    }
+
+    fn add_failure(&mut self, outcome: &AddressOutcome) {
+        let Some(failure) = &outcome.failure else {
+            return;
+        };
+        let mut ids = failure.messages.iter();
+        if let Some(first) = ids.next() {
+            self.failed.push(FailedMessage {
+                id: first.clone(),
+                reason: failure.error.to_string(),
+                retryable: failure.error.is_retryable(),
+            });
+            let blocked = format!("blocked behind failed message {first}");
+            self.fail_all(ids.cloned(), &blocked);
+        }
+    }
+}
+
+/// Groups messages by target address, keeping each address's order and the order in
+/// which addresses first appear.
+pub fn group_by_address(batch: Vec<Envelope>) -> Vec<(Address, Vec<Envelope>)> {
+    let mut index: HashMap<Address, usize> = HashMap::new();
+    let mut groups: Vec<(Address, Vec<Envelope>)> = Vec::new();
+    for envelope in batch {
+        match index.get(&envelope.target) {
+            Some(&i) => groups[i].1.push(envelope),
+            None => {
+                index.insert(envelope.target.clone(), groups.len());
+                groups.push((envelope.target.clone(), vec![envelope]));
+            }
+        }
+    }
+    groups
+}
+
+fn all_ids(outcome: &AddressOutcome) -> Vec<MessageId> {
+    let mut ids = outcome.settled.clone();
+    if let Some(f) = &outcome.failure {
+        ids.extend(f.messages.iter().cloned());
+    }
+    ids
+}
+
+/// Runs one batch through the ports.
+pub async fn dispatch<S: StateStore, T: Transport>(
+    registry: &Registry,
+    store: &S,
+    transport: &T,
+    config: &BatchConfig,
+    now_ms: u64,
+    batch: Vec<Envelope>,
+) -> BatchReport {
+    let mut report = BatchReport::default();
+    let groups = group_by_address(batch);
+    let addresses: Vec<Address> = groups.iter().map(|(a, _)| a.clone()).collect();
+    let loaded = match store.load(&addresses).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
+            report.fail_all(ids, &e.to_string());
+            return report;
+        }
+    };
+    let mut outcomes: Vec<AddressOutcome> = groups
+        .into_iter()
+        .zip(loaded)
+        .map(|((address, messages), state)| {
+            process_address(registry, &address, state, messages, now_ms, config)
+        })
+        .collect();
+
+    // Re-sends first: the commits below replace the outboxes they come from.
+    let resending: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| !outcomes[i].resend.is_empty())
+        .collect();
+    let slices: Vec<&[_]> = resending.iter().map(|&i| &outcomes[i].resend[..]).collect();
+    let results = transport.send(&slices).await;
+    let mut ok = vec![true; outcomes.len()];
+    for (&i, result) in resending.iter().zip(results) {
+        if let Err(e) = result {
+            report.fail_all(all_ids(&outcomes[i]), &e.to_string());
+            ok[i] = false;
+        }
+    }
+
+    let committing: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| ok[i] && outcomes[i].commit.is_some())
+        .collect();
+    let commits: Vec<_> = committing
+        .iter()
+        .filter_map(|&i| outcomes[i].commit.take())
+        .collect();
+    let results = store.commit(&commits).await;
+    let mut sending = Vec::new();
+    for ((&i, commit), result) in committing.iter().zip(&commits).zip(results) {
+        match result {
+            Ok(()) => {
+                report.commits += 1;
+                sending.push((i, commit));
+            }
+            Err(e) => {
+                if matches!(e, crate::ports::CommitError::Conflict(_)) {
+                    report.conflicts += 1;
+                }
+                report.fail_all(all_ids(&outcomes[i]), &e.to_string());
+                ok[i] = false;
+            }
+        }
+    }
+    let slices: Vec<&[_]> = sending.iter().map(|(_, c)| c.outbox()).collect();
+    let results = transport.send(&slices).await;
+    for ((i, _), result) in sending.iter().zip(results) {
+        if let Err(e) = result {
+            report.fail_all(all_ids(&outcomes[*i]), &e.to_string());
+            ok[*i] = false;
+        }
+    }
+
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if ok[i] {
+            report.settled.extend(outcome.settled.iter().cloned());
+            report.add_failure(outcome);
+        }
+    }
+    report
+}
+
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drives a future to completion on the current thread: enough for the in-memory ports
+/// and for tests, without an async runtime in the core.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = TaskContext::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
