@@ -172,10 +172,11 @@ pub fn process_address(
             None => Err(ProcessError::UnknownFunctionType(
                 address.function_type.clone(),
             )),
-            Some(reg) => invoke_one(reg, address, message, &state, record_bytes, &limits)
-                .map(|(staged, new_effects, new_bytes)| {
+            Some(reg) => invoke_one(reg, address, message, &state, record_bytes, &limits).map(
+                |(staged, new_effects, new_bytes)| {
                     (staged, new_effects, new_bytes, reg.specs.clone())
-                }),
+                },
+            ),
         };
         match result {
             Ok((staged, new_effects, new_bytes, specs)) => {
@@ -333,7 +334,12 @@ fn check_limits(
 }
 
 /// Gives each effect its deterministic id: the sender, its new version, the index.
-fn assign_ids(address: &Address, version: u64, effects: Vec<Effect>, now_ms: u64) -> Vec<OutboxEntry> {
+fn assign_ids(
+    address: &Address,
+    version: u64,
+    effects: Vec<Effect>,
+    now_ms: u64,
+) -> Vec<OutboxEntry> {
     let source = address.to_string();
     effects
         .into_iter()

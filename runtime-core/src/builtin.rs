@@ -213,7 +213,9 @@ mod tests {
         let err = from_text(&LONG, "forty-two").expect("builtin").unwrap_err();
         assert!(err.contains("io.statefun.types/long"), "{err}");
         assert!(from_text(&TypeName::from_static("example/Foo"), "{}").is_none());
-        let s = from_text(&STRING, " padded ").expect("builtin").expect("valid");
+        let s = from_text(&STRING, " padded ")
+            .expect("builtin")
+            .expect("valid");
         assert_eq!(s.decode::<String>().as_deref(), Ok(" padded "));
     }
 
@@ -225,7 +227,10 @@ mod tests {
         b.push(0x09);
         b.extend_from_slice(&5i64.to_le_bytes());
         assert_eq!(decode_long(&b), Ok(5));
-        assert!(decode_long(&[0x0d, 1, 0, 0, 0]).is_err(), "wrong wire type accepted");
+        assert!(
+            decode_long(&[0x0d, 1, 0, 0, 0]).is_err(),
+            "wrong wire type accepted"
+        );
     }
 
     #[test]

@@ -125,7 +125,11 @@ impl<'a> Context<'a> {
     }
 
     /// Writes a typed state cell.
-    pub fn set<T: ValueType>(&mut self, spec: &ValueSpec<T>, value: &T) -> Result<(), FunctionError> {
+    pub fn set<T: ValueType>(
+        &mut self,
+        spec: &ValueSpec<T>,
+        value: &T,
+    ) -> Result<(), FunctionError> {
         self.set_value(spec.name(), TypedValue::of(value))
     }
 
@@ -188,7 +192,10 @@ impl<'a> Context<'a> {
 
     /// Cancels this instance's pending delayed messages sent with `token`. Cancelling a
     /// message already delivered is a no-op.
-    pub fn cancel_delayed_message(&mut self, token: impl Into<String>) -> Result<(), FunctionError> {
+    pub fn cancel_delayed_message(
+        &mut self,
+        token: impl Into<String>,
+    ) -> Result<(), FunctionError> {
         let token = token.into();
         if token.is_empty() {
             return Err(FunctionError::EmptyCancellationToken);

@@ -119,9 +119,15 @@ mod tests {
         d.record(&ordered("a", 3, 0), 0);
         d.record(&ordered("a", 5, 1), 0);
         assert!(d.is_applied(&ordered("a", 3, 0)));
-        assert!(d.is_applied(&ordered("a", 4, 7)), "older seq must count as applied");
+        assert!(
+            d.is_applied(&ordered("a", 4, 7)),
+            "older seq must count as applied"
+        );
         assert!(d.is_applied(&ordered("a", 5, 1)));
-        assert!(!d.is_applied(&ordered("a", 5, 0)), "same seq, other index is new");
+        assert!(
+            !d.is_applied(&ordered("a", 5, 0)),
+            "same seq, other index is new"
+        );
         assert!(!d.is_applied(&ordered("a", 6, 0)));
         assert!(!d.is_applied(&ordered("b", 1, 0)), "marks are per source");
     }
@@ -131,7 +137,10 @@ mod tests {
         let mut d = Dedup::default();
         d.record(&ordered("s", 9, 0), 0);
         let delayed = MessageId::Keyed("s@2.0".into());
-        assert!(!d.is_applied(&delayed), "a delayed message overtaken by later sends is new");
+        assert!(
+            !d.is_applied(&delayed),
+            "a delayed message overtaken by later sends is new"
+        );
         d.record(&delayed, 0);
         assert!(d.is_applied(&delayed));
     }
@@ -144,7 +153,11 @@ mod tests {
         }
         d.record(&ordered("s", 1, 0), 1_000);
         d.prune(1_000 + 500, 1_000);
-        assert_eq!(d.len(), 1001, "nothing is pruned inside the window, whatever the count");
+        assert_eq!(
+            d.len(),
+            1001,
+            "nothing is pruned inside the window, whatever the count"
+        );
         d.record(&MessageId::Keyed("fresh".into()), 2_400);
         d.prune(2_500, 1_000);
         assert_eq!(d.len(), 1);

@@ -109,7 +109,8 @@ impl Harness {
         let until = self.clock.now_ms() + by.as_millis() as u64;
         while let Some(due) = self.transport.next_due_ms().filter(|d| *d <= until) {
             let now = self.clock.now_ms();
-            self.clock.advance(Duration::from_millis(due.saturating_sub(now)));
+            self.clock
+                .advance(Duration::from_millis(due.saturating_sub(now)));
             self.transport.fire_due(due);
             self.run();
         }
@@ -143,8 +144,12 @@ impl Harness {
                 now,
                 batch,
             ));
-            self.delivered
-                .extend(report.settled.iter().filter_map(|id| by_id.get(id).cloned()));
+            self.delivered.extend(
+                report
+                    .settled
+                    .iter()
+                    .filter_map(|id| by_id.get(id).cloned()),
+            );
             let mut retry = Vec::new();
             for failed in report.failed {
                 let Some(envelope) = by_id.get(&failed.id).cloned() else {

@@ -19,8 +19,8 @@ pub mod value;
 pub mod view;
 
 pub use batch::{
-    AddressOutcome, BatchConfig, Commit, Failure, LimitError, Limits, Precondition,
-    ProcessError, process_address,
+    AddressOutcome, BatchConfig, Commit, Failure, LimitError, Limits, Precondition, ProcessError,
+    process_address,
 };
 pub use context::{Context, Effect};
 pub use function::{FunctionError, Registry, RegistryError, StatefulFunction};

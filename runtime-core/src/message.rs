@@ -70,6 +70,9 @@ pub enum OutboxEntry {
         cancellation_token: Option<String>,
     },
     /// Cancel the pending delayed messages `sender` scheduled under `token`.
-    Cancel { sender: Address, token: String },
+    Cancel {
+        sender: Address,
+        token: String,
+    },
     Egress(EgressRecord),
 }

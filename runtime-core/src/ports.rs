@@ -36,7 +36,10 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<Option<InstanceState>>, StoreError>> + Send;
 
     /// Applies each commit if its precondition holds; one result per commit.
-    fn commit(&self, commits: &[Commit]) -> impl Future<Output = Vec<Result<(), CommitError>>> + Send;
+    fn commit(
+        &self,
+        commits: &[Commit],
+    ) -> impl Future<Output = Vec<Result<(), CommitError>>> + Send;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,7 +239,8 @@ impl MemoryTransport {
                 }
             }
             OutboxEntry::Cancel { sender, token } => q.timers.retain(|t| {
-                t.cancellation_token.as_ref() != Some(token) || t.envelope.caller.as_ref() != Some(sender)
+                t.cancellation_token.as_ref() != Some(token)
+                    || t.envelope.caller.as_ref() != Some(sender)
             }),
             OutboxEntry::Egress(record) => q.egress.push(record.clone()),
         }

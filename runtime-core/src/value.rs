@@ -28,7 +28,10 @@ impl std::fmt::Debug for TypedValue {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("expected a value of type {expected}, got {actual}")]
-    WrongType { expected: TypeName, actual: TypeName },
+    WrongType {
+        expected: TypeName,
+        actual: TypeName,
+    },
     #[error("a value of type {0} has no bytes (has_value = false)")]
     Absent(TypeName),
     #[error("malformed {typename} value: {reason}")]
@@ -108,15 +111,30 @@ macro_rules! builtin_value_type {
 }
 
 builtin_value_type!(i32, builtin::INT, builtin::encode_int, builtin::decode_int);
-builtin_value_type!(i64, builtin::LONG, builtin::encode_long, builtin::decode_long);
-builtin_value_type!(f32, builtin::FLOAT, builtin::encode_float, builtin::decode_float);
+builtin_value_type!(
+    i64,
+    builtin::LONG,
+    builtin::encode_long,
+    builtin::decode_long
+);
+builtin_value_type!(
+    f32,
+    builtin::FLOAT,
+    builtin::encode_float,
+    builtin::decode_float
+);
 builtin_value_type!(
     f64,
     builtin::DOUBLE,
     builtin::encode_double,
     builtin::decode_double
 );
-builtin_value_type!(bool, builtin::BOOL, builtin::encode_bool, builtin::decode_bool);
+builtin_value_type!(
+    bool,
+    builtin::BOOL,
+    builtin::encode_bool,
+    builtin::decode_bool
+);
 builtin_value_type!(
     String,
     builtin::STRING,
@@ -211,7 +229,10 @@ mod tests {
             assert_eq!(v.value, Some(vec![]), "{v:?}");
         }
         assert_eq!(TypedValue::of(&0i64).decode::<i64>(), Ok(0));
-        assert_eq!(TypedValue::of(&String::new()).decode::<String>(), Ok(String::new()));
+        assert_eq!(
+            TypedValue::of(&String::new()).decode::<String>(),
+            Ok(String::new())
+        );
     }
 
     #[test]
@@ -230,14 +251,23 @@ mod tests {
     #[test]
     fn decoding_checks_the_typename_and_presence() {
         let v = TypedValue::of(&5i32);
-        assert!(matches!(v.decode::<i64>(), Err(DecodeError::WrongType { .. })));
+        assert!(matches!(
+            v.decode::<i64>(),
+            Err(DecodeError::WrongType { .. })
+        ));
         let absent = TypedValue {
             typename: builtin::LONG,
             value: None,
         };
-        assert_eq!(absent.decode::<i64>(), Err(DecodeError::Absent(builtin::LONG)));
+        assert_eq!(
+            absent.decode::<i64>(),
+            Err(DecodeError::Absent(builtin::LONG))
+        );
         let garbage = TypedValue::from_bytes(builtin::LONG, vec![0x09, 1, 2]);
-        assert!(matches!(garbage.decode::<i64>(), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            garbage.decode::<i64>(),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -255,9 +285,15 @@ mod tests {
         };
         let v = TypedValue::of(&g);
         assert_eq!(v.typename.as_str(), "example/Greeting");
-        assert_eq!(v.value.as_deref(), Some(&br#"{"name":"Bob","visits":2}"#[..]));
+        assert_eq!(
+            v.value.as_deref(),
+            Some(&br#"{"name":"Bob","visits":2}"#[..])
+        );
         assert_eq!(v.decode::<Greeting>(), Ok(g));
         let bad = TypedValue::from_bytes(Greeting::typename(), b"{".to_vec());
-        assert!(matches!(bad.decode::<Greeting>(), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            bad.decode::<Greeting>(),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 }

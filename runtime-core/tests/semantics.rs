@@ -92,10 +92,17 @@ fn a_failure_commits_what_came_before_and_fails_the_rest() {
     let failure = out.failure.expect("failure");
     assert!(matches!(failure.error, ProcessError::Function(_)));
     assert!(!failure.error.is_retryable());
-    assert_eq!(failure.messages.len(), 2, "the failed message and the one behind it");
+    assert_eq!(
+        failure.messages.len(),
+        2,
+        "the failed message and the one behind it"
+    );
     let commit = out.commit.expect("x committed");
     assert_eq!(
-        commit.state.cells["entries"].value.decode::<String>().as_deref(),
+        commit.state.cells["entries"]
+            .value
+            .decode::<String>()
+            .as_deref(),
         Ok("x,")
     );
 }
@@ -191,35 +198,64 @@ fn an_old_duplicate_does_not_resend_a_newer_outbox() {
     let registry = registry();
     let config = BatchConfig::default();
     let echo = Address::new(ECHO, "e");
-    let v1 = process_address(&registry, &echo, None, vec![ingress(1, &echo, "a")], 0, &config)
-        .commit
-        .expect("v1")
-        .state;
-    let v2 = process_address(&registry, &echo, Some(v1), vec![ingress(2, &echo, "b")], 0, &config)
-        .commit
-        .expect("v2")
-        .state;
-    let late = process_address(&registry, &echo, Some(v2), vec![ingress(1, &echo, "a")], 0, &config);
-    assert!(late.resend.is_empty(), "message 1 is not an input of the last commit");
+    let v1 = process_address(
+        &registry,
+        &echo,
+        None,
+        vec![ingress(1, &echo, "a")],
+        0,
+        &config,
+    )
+    .commit
+    .expect("v1")
+    .state;
+    let v2 = process_address(
+        &registry,
+        &echo,
+        Some(v1),
+        vec![ingress(2, &echo, "b")],
+        0,
+        &config,
+    )
+    .commit
+    .expect("v2")
+    .state;
+    let late = process_address(
+        &registry,
+        &echo,
+        Some(v2),
+        vec![ingress(1, &echo, "a")],
+        0,
+        &config,
+    );
+    assert!(
+        late.resend.is_empty(),
+        "message 1 is not an input of the last commit"
+    );
     assert!(late.commit.is_none());
     assert_eq!(late.settled.len(), 1);
 }
 
 const BOX: TypeName = TypeName::from_static("test/box");
-const WRITTEN: ValueSpec<i64> = ValueSpec::new("written").expire_after_write(Duration::from_secs(10));
+const WRITTEN: ValueSpec<i64> =
+    ValueSpec::new("written").expire_after_write(Duration::from_secs(10));
 const CALLED: ValueSpec<i64> = ValueSpec::new("called").expire_after_call(Duration::from_secs(10));
 
 fn expiring() -> Registry {
     let mut r = Registry::new();
-    r.register_fn("test/box", vec![WRITTEN.spec(), CALLED.spec()], |ctx, msg| {
-        match msg.decode::<String>()?.as_str() {
-            "set" => {
-                ctx.set(&WRITTEN, &1)?;
-                ctx.set(&CALLED, &1)
+    r.register_fn(
+        "test/box",
+        vec![WRITTEN.spec(), CALLED.spec()],
+        |ctx, msg| {
+            match msg.decode::<String>()?.as_str() {
+                "set" => {
+                    ctx.set(&WRITTEN, &1)?;
+                    ctx.set(&CALLED, &1)
+                }
+                _ => Ok(()), // "touch": an invocation that writes nothing
             }
-            _ => Ok(()), // "touch": an invocation that writes nothing
-        }
-    })
+        },
+    )
     .expect("register");
     r
 }
@@ -245,7 +281,11 @@ fn expire_after_call_is_extended_by_every_invocation() {
         h.advance(Duration::from_secs(9));
         h.send(a.clone(), &"touch".to_string());
     }
-    assert_eq!(h.state(&a, &CALLED), Some(1), "27 s after the write, kept alive by calls");
+    assert_eq!(
+        h.state(&a, &CALLED),
+        Some(1),
+        "27 s after the write, kept alive by calls"
+    );
     h.advance(Duration::from_millis(9_999));
     assert_eq!(h.state(&a, &CALLED), Some(1));
     h.advance(Duration::from_millis(1));
@@ -311,7 +351,11 @@ fn a_delayed_message_never_arrives_early() {
     h.advance(Duration::from_millis(1));
     assert_eq!(h.state(&log, &ENTRIES).as_deref(), Some("ping,"));
     let delivered = h.delivered().last().expect("delivered");
-    assert_eq!(delivered.caller.as_ref(), Some(&t), "the sender is the caller");
+    assert_eq!(
+        delivered.caller.as_ref(),
+        Some(&t),
+        "the sender is the caller"
+    );
 }
 
 #[test]
@@ -324,12 +368,22 @@ fn a_cancelled_delayed_message_never_arrives() {
     h.advance(Duration::from_millis(500));
     h.send(t.clone(), &"cancel:x".to_string());
     h.advance(Duration::from_secs(3600));
-    assert_eq!(h.state(&log, &ENTRIES).as_deref(), Some("ping,"), "only y arrives");
+    assert_eq!(
+        h.state(&log, &ENTRIES).as_deref(),
+        Some("ping,"),
+        "only y arrives"
+    );
     h.send(t.clone(), &"cancel:y".to_string());
-    assert_eq!(h.state(&log, &SEEN), Some(1), "cancel after delivery is a no-op");
-    assert!(h.send(t, &"cancel:".to_string()).dead_letters()[0]
-        .reason
-        .contains("must not be empty"));
+    assert_eq!(
+        h.state(&log, &SEEN),
+        Some(1),
+        "cancel after delivery is a no-op"
+    );
+    assert!(
+        h.send(t, &"cancel:".to_string()).dead_letters()[0]
+            .reason
+            .contains("must not be empty")
+    );
 }
 
 #[test]
@@ -369,7 +423,11 @@ fn oversized_state_is_refused_with_a_typed_error_naming_it() {
     let mut h = Harness::new(r);
     let a = Address::new(TypeName::from_static("test/big"), "b");
     h.send(a.clone(), &10i64).send(a.clone(), &400_000i64);
-    assert_eq!(h.state(&a, &BIG).map(|s| s.len()), Some(10), "nothing truncated or lost");
+    assert_eq!(
+        h.state(&a, &BIG).map(|s| s.len()),
+        Some(10),
+        "nothing truncated or lost"
+    );
     let reason = &h.dead_letters()[0].reason;
     assert!(
         reason.contains("test/big/b: state \"big\" is 400028 bytes, over the limit"),
@@ -392,7 +450,10 @@ fn undeclared_state_and_type_mismatch_are_clear_errors() {
     h.send(a.clone(), &"undeclared".to_string())
         .send(a, &"mismatch".to_string());
     let reasons: Vec<_> = h.dead_letters().iter().map(|d| d.reason.as_str()).collect();
-    assert!(reasons[0].contains("state \"seen\" is not declared"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("state \"seen\" is not declared"),
+        "{reasons:?}"
+    );
     assert!(
         reasons[1].contains("declared as io.statefun.types/string")
             && reasons[1].contains("io.statefun.types/long"),
@@ -412,7 +473,14 @@ fn egress_ids_are_stable_across_resends() {
     let config = BatchConfig::default();
     let first = process_address(&r, &a, None, vec![ingress(1, &a, "e")], 0, &config);
     let state = first.commit.expect("commit").state;
-    let again = process_address(&r, &a, Some(state.clone()), vec![ingress(1, &a, "e")], 0, &config);
+    let again = process_address(
+        &r,
+        &a,
+        Some(state.clone()),
+        vec![ingress(1, &a, "e")],
+        0,
+        &config,
+    );
     assert_eq!(again.resend, state.outbox);
     let OutboxEntry::Egress(record) = &state.outbox[0] else {
         panic!("egress expected")

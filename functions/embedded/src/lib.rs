@@ -1,1 +1,250 @@
-//! placeholder
+//! The embedded statefun-lambda runtime: the core's semantics in one process, with a
+//! durable redb store, in-process queues, a persistent timer queue and an HTTP ingress
+//! on localhost. Same commit plan and dedup as the AWS path.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use statefun_embedded::{EmbeddedConfig, Runtime, StdoutEgress};
+//! let registry = statefun_examples::registry(Default::default())?;
+//! let runtime = Runtime::start(registry, EmbeddedConfig::new("./statefun-data"), Box::new(StdoutEgress))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8090").await?;
+//! statefun_embedded::ingress::serve(listener, runtime.handle(), std::future::pending()).await?;
+//! runtime.shutdown()?;
+//! # Ok(()) }
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use redb::Database;
+use statefun_core::ports::{Clock, SystemClock};
+use statefun_core::{Address, BatchConfig, EgressRecord, MessageId, Registry, TypedValue};
+use tokio::sync::oneshot;
+
+mod engine;
+pub mod ingress;
+mod store;
+
+pub use engine::HTTP_INGRESS;
+pub use store::DeadLetter;
+
+use engine::{Command, Engine, IngressRequest};
+
+/// Failures of the embedded runtime itself (not of functions, which are retried or
+/// dead-lettered).
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("embedded store: {0}")]
+    Database(#[from] redb::Error),
+    #[error("corrupt record in the data dir: {0}")]
+    Corrupt(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("egress output failed: {0}")]
+    Egress(#[from] std::io::Error),
+    #[error("the engine thread stopped")]
+    EngineGone,
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for EmbeddedError {
+            fn from(e: $t) -> Self {
+                EmbeddedError::Database(e.into())
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Settings of the embedded runtime.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    pub data_dir: PathBuf,
+    pub batch: BatchConfig,
+    /// Messages taken per round (all addresses together).
+    pub max_batch_messages: usize,
+    /// Tries of a retryable failure before the message is dead-lettered.
+    pub max_attempts: u32,
+    /// Largest HTTP ingress body.
+    pub max_body_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub ingress_key_retention: Duration,
+    /// Instance records kept in memory before the cache starts over.
+    pub cache_capacity: usize,
+    /// Test fail point: abort the process right after this many state commits, before
+    /// their sends.
+    pub crash_after_commits: Option<u64>,
+}
+
+impl EmbeddedConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let batch = BatchConfig::default();
+        EmbeddedConfig {
+            data_dir: data_dir.into(),
+            batch,
+            max_batch_messages: 4096,
+            max_attempts: 5,
+            max_body_bytes: batch.limits.max_message_bytes,
+            ingress_key_retention: Duration::from_secs(24 * 3600),
+            cache_capacity: 1_000_000,
+            crash_after_commits: None,
+        }
+    }
+}
+
+/// Where egress records go.
+pub trait EgressSink: Send {
+    fn emit(&mut self, record: &EgressRecord) -> std::io::Result<()>;
+    fn flush(&mut self) -> std::io::Result<()>;
+}
+
+/// Egress as one JSON object per line on stdout: `{"egress", "id", "typename", "value"}`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdoutEgress;
+
+impl EgressSink for StdoutEgress {
+    fn emit(&mut self, record: &EgressRecord) -> std::io::Result<()> {
+        let line = statefun_core::view::egress_json(record);
+        writeln!(std::io::stdout().lock(), "{line}")
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().lock().flush()
+    }
+}
+
+/// A running embedded runtime.
+#[derive(Debug)]
+pub struct Runtime {
+    handle: RuntimeHandle,
+    engine: JoinHandle<Result<(), EmbeddedError>>,
+}
+
+/// A cheap, cloneable way in: submit messages, read state.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    tx: Sender<Command>,
+    db: Arc<Database>,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeHandle").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Opens the data dir, recovers the inbox and timers, and starts the engine thread.
+    pub fn start(
+        registry: Registry,
+        config: EmbeddedConfig,
+        egress: Box<dyn EgressSink>,
+    ) -> Result<Self, EmbeddedError> {
+        Self::start_with_clock(registry, config, egress, Arc::new(SystemClock))
+    }
+
+    pub fn start_with_clock(
+        registry: Registry,
+        config: EmbeddedConfig,
+        egress: Box<dyn EgressSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, EmbeddedError> {
+        let db = Arc::new(store::open(&config.data_dir)?);
+        let registry = Arc::new(registry);
+        let (tx, rx) = mpsc::channel();
+        let max_body_bytes = config.max_body_bytes;
+        let engine = Engine::new(
+            db.clone(),
+            registry.clone(),
+            config,
+            clock.clone(),
+            egress,
+            rx,
+        )?;
+        let engine = std::thread::Builder::new()
+            .name("statefun-engine".into())
+            .spawn(move || engine.run())
+            .map_err(|e| EmbeddedError::Io("spawning the engine thread".into(), e))?;
+        Ok(Runtime {
+            handle: RuntimeHandle {
+                tx,
+                db,
+                registry,
+                clock,
+                max_body_bytes,
+            },
+            engine,
+        })
+    }
+
+    pub fn handle(&self) -> RuntimeHandle {
+        self.handle.clone()
+    }
+
+    /// Finishes the current round and stops.
+    pub fn shutdown(self) -> Result<(), EmbeddedError> {
+        // If the engine already stopped, joining tells why.
+        let _ = self.handle.tx.send(Command::Shutdown);
+        self.engine.join().map_err(|_| EmbeddedError::EngineGone)?
+    }
+}
+
+impl RuntimeHandle {
+    /// Durably accepts a message for `target`; returns its id once it is on disk. The
+    /// same `idempotency_key` within the retention window returns the first id and
+    /// enqueues nothing.
+    pub async fn submit(
+        &self,
+        target: Address,
+        value: TypedValue,
+        idempotency_key: Option<String>,
+    ) -> Result<MessageId, EmbeddedError> {
+        let (reply, rx) = oneshot::channel();
+        let request = IngressRequest {
+            target,
+            value,
+            key: idempotency_key,
+            reply,
+        };
+        self.tx
+            .send(Command::Ingress(request))
+            .map_err(|_| EmbeddedError::EngineGone)?;
+        rx.await.map_err(|_| EmbeddedError::EngineGone)
+    }
+
+    /// The instance's committed state as JSON (see [`statefun_core::view::state_json`]).
+    pub fn state_json(&self, address: &Address) -> Result<serde_json::Value, EmbeddedError> {
+        let record = store::read_state(&self.db, address)?;
+        Ok(statefun_core::view::state_json(
+            address,
+            record.as_ref(),
+            self.clock.now_ms(),
+        ))
+    }
+
+    /// Messages given up on, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, EmbeddedError> {
+        store::dead_letters(&self.db)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}

@@ -67,9 +67,19 @@ statefun_core::json_type!(BasketIdle, "example/BasketIdle");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum BasketEvent {
-    OutOfStock { user: String, item: String, quantity: i64 },
-    CheckedOut { user: String, items: BTreeMap<String, i64> },
-    Expired { user: String, released: BTreeMap<String, i64> },
+    OutOfStock {
+        user: String,
+        item: String,
+        quantity: i64,
+    },
+    CheckedOut {
+        user: String,
+        items: BTreeMap<String, i64>,
+    },
+    Expired {
+        user: String,
+        released: BTreeMap<String, i64>,
+    },
 }
 statefun_core::json_type!(BasketEvent, "example/BasketEvent");
 
@@ -107,7 +117,12 @@ impl Basket<'_, '_> {
     fn release_all(&mut self) -> Result<BTreeMap<String, i64>, FunctionError> {
         let items = self.ctx.get(&ITEMS)?.unwrap_or_default().0;
         for (item, quantity) in &items {
-            self.inventory(item, InventoryRequest::Release { quantity: *quantity });
+            self.inventory(
+                item,
+                InventoryRequest::Release {
+                    quantity: *quantity,
+                },
+            );
         }
         self.ctx.remove(&ITEMS)?;
         Ok(items)

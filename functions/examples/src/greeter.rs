@@ -4,7 +4,9 @@
 //! `example/greets` egress.
 
 use serde::{Deserialize, Serialize};
-use statefun_core::{Address, Context, FunctionError, Registry, RegistryError, TypeName, TypedValue, ValueSpec};
+use statefun_core::{
+    Address, Context, FunctionError, Registry, RegistryError, TypeName, TypedValue, ValueSpec,
+};
 
 pub const PERSON: TypeName = TypeName::from_static("example/person");
 pub const GREETER: TypeName = TypeName::from_static("example/greeter");

@@ -62,7 +62,11 @@ fn counter_adds_longs() {
     h.send(a.clone(), &40i64).send(a.clone(), &2i64);
     assert_eq!(h.state(&a, &COUNT), Some(42));
     h.send(a.clone(), &"not a long".to_string());
-    assert!(h.dead_letters()[0].reason.contains("expected a value of type io.statefun.types/long"));
+    assert!(
+        h.dead_letters()[0]
+            .reason
+            .contains("expected a value of type io.statefun.types/long")
+    );
     assert_eq!(h.state(&a, &COUNT), Some(42));
 }
 
@@ -86,15 +90,25 @@ fn basket_reserves_stock_and_checks_out() {
     assert_eq!(h.state(&alice, &ITEMS).map(|i| i.0["socks"]), Some(3));
     h.send(alice.clone(), &BasketRequest::Checkout);
     let events = h.egress_values::<BasketEvent>(&BASKET_EVENTS);
-    assert!(matches!(&events[0], BasketEvent::OutOfStock { quantity: 9, .. }), "{events:?}");
+    assert!(
+        matches!(&events[0], BasketEvent::OutOfStock { quantity: 9, .. }),
+        "{events:?}"
+    );
     assert!(
         matches!(&events[1], BasketEvent::CheckedOut { items, .. } if items["socks"] == 3),
         "{events:?}"
     );
     assert_eq!(h.state(&alice, &ITEMS), None);
-    assert!(h.pending_delayed().is_empty(), "checkout cancels the idle timer");
+    assert!(
+        h.pending_delayed().is_empty(),
+        "checkout cancels the idle timer"
+    );
     h.advance(Duration::from_secs(3600));
-    assert_eq!(h.state(&socks, &STOCK), Some(2), "sold stock is not released");
+    assert_eq!(
+        h.state(&socks, &STOCK),
+        Some(2),
+        "sold stock is not released"
+    );
 }
 
 #[test]
@@ -105,10 +119,23 @@ fn an_idle_basket_releases_its_reservations() {
     h.send(socks.clone(), &InventoryRequest::Restock { quantity: 5 });
     h.send(bob.clone(), &add("socks", 4));
     h.advance(Duration::from_secs(50));
-    h.send(bob.clone(), &BasketRequest::Remove { item: "hats".into() });
-    assert_eq!(h.pending_delayed().len(), 1, "the earlier timer was cancelled");
+    h.send(
+        bob.clone(),
+        &BasketRequest::Remove {
+            item: "hats".into(),
+        },
+    );
+    assert_eq!(
+        h.pending_delayed().len(),
+        1,
+        "the earlier timer was cancelled"
+    );
     h.advance(Duration::from_secs(59));
-    assert_eq!(h.state(&socks, &STOCK), Some(1), "still reserved before the idle time");
+    assert_eq!(
+        h.state(&socks, &STOCK),
+        Some(1),
+        "still reserved before the idle time"
+    );
     h.advance(Duration::from_secs(1));
     assert_eq!(h.state(&socks, &STOCK), Some(5), "released after 60 s idle");
     assert!(matches!(

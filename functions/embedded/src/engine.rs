@@ -1,0 +1,541 @@
+//! The engine thread: takes what is due from the inbox, runs the core's batch
+//! processing, and executes the outcomes with group commit. One round:
+//!
+//! 1. pick up to `max_batch_messages` pending messages in inbox order, skipping
+//!    addresses that wait for a retry, grouped by address (one invocation batch each);
+//! 2. transaction A, durable: re-sends, then every address's new record (group commit);
+//! 3. egress records of those outboxes are written out (at-least-once, stable ids);
+//! 4. transaction B, durable: the outboxes (new inbox rows, timers, cancellations),
+//!    acknowledgements, retries and dead letters, newly accepted ingress messages, and
+//!    timers that fell due move to the inbox.
+//!
+//! A crash between A and B is the "commit landed, sends did not" case: the inputs are
+//! still in the inbox, come again, are recognised as applied and bring their outbox
+//! with them. The AWS dispatcher has the same window and the same remedy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use redb::{
+    Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
+};
+use statefun_core::ports::Clock;
+use statefun_core::{
+    Address, AddressOutcome, EgressRecord, Envelope, InstanceState, MessageId, OutboxEntry,
+    Registry, TypedValue, process_address,
+};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::store::{
+    self, DEAD_LETTERS, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
+    TIMER_TOKENS, TIMERS, TimerEntry,
+};
+use crate::{EgressSink, EmbeddedConfig, EmbeddedError};
+
+/// The source name of messages accepted by the HTTP ingress.
+pub const HTTP_INGRESS: &str = "ingress/http";
+
+pub(crate) struct IngressRequest {
+    pub(crate) target: Address,
+    pub(crate) value: TypedValue,
+    pub(crate) key: Option<String>,
+    pub(crate) reply: oneshot::Sender<MessageId>,
+}
+
+pub(crate) enum Command {
+    Ingress(IngressRequest),
+    Shutdown,
+}
+
+/// What a transaction changes in the engine's in-memory mirrors, applied only once it
+/// has committed.
+#[derive(Default)]
+struct Delta {
+    new_inbox: Vec<(u64, InboxEntry)>,
+    timers_added: Vec<(u64, String)>,
+    timers_removed: Vec<(u64, String)>,
+    egress: Vec<EgressRecord>,
+}
+
+struct Tables<'t> {
+    inbox: Table<'t, u64, &'static [u8]>,
+    timers: Table<'t, (u64, &'static str), &'static [u8]>,
+    tokens: MultimapTable<'t, &'static [u8], (u64, &'static str)>,
+}
+
+impl Tables<'_> {
+    fn enqueue(
+        &mut self,
+        seq: &mut u64,
+        envelope: Envelope,
+        delta: &mut Delta,
+    ) -> Result<u64, EmbeddedError> {
+        let s = *seq;
+        *seq += 1;
+        let entry = InboxEntry {
+            envelope,
+            attempts: 0,
+        };
+        self.inbox.insert(s, store::encode(&entry).as_slice())?;
+        delta.new_inbox.push((s, entry));
+        Ok(s)
+    }
+
+    /// Executes one outbox entry inside the transaction.
+    fn apply(
+        &mut self,
+        entry: &OutboxEntry,
+        seq: &mut u64,
+        delta: &mut Delta,
+    ) -> Result<(), EmbeddedError> {
+        match entry {
+            OutboxEntry::Send(envelope) => {
+                self.enqueue(seq, envelope.clone(), delta)?;
+            }
+            OutboxEntry::SendAfter {
+                envelope,
+                due_at_ms,
+                cancellation_token,
+            } => {
+                let id = store::timer_id(&envelope.id);
+                let key = (*due_at_ms, id.as_str());
+                // The same message scheduled again (a re-send) keeps one timer.
+                if self.timers.get(key)?.is_none() {
+                    let timer = TimerEntry {
+                        envelope: envelope.clone(),
+                        token: cancellation_token.clone(),
+                    };
+                    self.timers.insert(key, store::encode(&timer).as_slice())?;
+                    if let (Some(token), Some(sender)) = (cancellation_token, &envelope.caller) {
+                        self.tokens
+                            .insert(store::token_key(sender, token).as_slice(), key)?;
+                    }
+                    delta.timers_added.push((*due_at_ms, id));
+                }
+            }
+            OutboxEntry::Cancel { sender, token } => {
+                let tk = store::token_key(sender, token);
+                let keys: Vec<(u64, String)> = self
+                    .tokens
+                    .get(tk.as_slice())?
+                    .map(|k| k.map(|k| (k.value().0, k.value().1.to_string())))
+                    .collect::<Result<_, _>>()?;
+                for (due, id) in keys {
+                    self.timers.remove((due, id.as_str()))?;
+                    delta.timers_removed.push((due, id));
+                }
+                self.tokens.remove_all(tk.as_slice())?;
+            }
+            OutboxEntry::Egress(record) => delta.egress.push(record.clone()),
+        }
+        Ok(())
+    }
+
+    /// Moves a due timer into the inbox.
+    fn fire(
+        &mut self,
+        key: &(u64, String),
+        seq: &mut u64,
+        delta: &mut Delta,
+    ) -> Result<(), EmbeddedError> {
+        let removed = self
+            .timers
+            .remove((key.0, key.1.as_str()))?
+            .map(|bytes| store::decode::<TimerEntry>("timer", bytes.value()))
+            .transpose()?;
+        if let Some(timer) = removed {
+            if let (Some(token), Some(sender)) = (&timer.token, &timer.envelope.caller) {
+                self.tokens.remove(
+                    store::token_key(sender, token).as_slice(),
+                    (key.0, key.1.as_str()),
+                )?;
+            }
+            debug!(address = %timer.envelope.target, message_id = %timer.envelope.id, "delayed message due");
+            self.enqueue(seq, timer.envelope, delta)?;
+        }
+        delta.timers_removed.push(key.clone());
+        Ok(())
+    }
+}
+
+pub(crate) struct Engine {
+    db: Arc<Database>,
+    registry: Arc<Registry>,
+    config: EmbeddedConfig,
+    clock: Arc<dyn Clock>,
+    egress: Box<dyn EgressSink>,
+    rx: Receiver<Command>,
+    pending: BTreeMap<u64, InboxEntry>,
+    timers: BTreeSet<(u64, String)>,
+    cache: HashMap<Address, Option<InstanceState>>,
+    retry_at: HashMap<Address, u64>,
+    next_seq: u64,
+    commits: u64,
+}
+
+fn backoff_ms(attempts: u32) -> u64 {
+    (100u64 << attempts.min(7).saturating_sub(1)).min(10_000)
+}
+
+impl Engine {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        registry: Arc<Registry>,
+        config: EmbeddedConfig,
+        clock: Arc<dyn Clock>,
+        egress: Box<dyn EgressSink>,
+        rx: Receiver<Command>,
+    ) -> Result<Self, EmbeddedError> {
+        let recovered = store::recover(&db)?;
+        let txn = db.begin_write()?;
+        let horizon = clock
+            .now_ms()
+            .saturating_sub(config.ingress_key_retention.as_millis() as u64);
+        store::prune_ingress_keys(&txn, horizon)?;
+        txn.commit()?;
+        info!(
+            pending = recovered.inbox.len(),
+            timers = recovered.timers.len(),
+            "recovered the inbox and timers"
+        );
+        Ok(Engine {
+            db,
+            registry,
+            config,
+            clock,
+            egress,
+            rx,
+            pending: recovered.inbox.into_iter().collect(),
+            timers: recovered.timers.into_iter().collect(),
+            cache: HashMap::new(),
+            retry_at: HashMap::new(),
+            next_seq: recovered.next_seq,
+            commits: 0,
+        })
+    }
+
+    fn deliverable(&self, now: u64) -> bool {
+        self.timers.first().is_some_and(|(due, _)| *due <= now)
+            || self.pending.values().any(|e| {
+                self.retry_at
+                    .get(&e.envelope.target)
+                    .is_none_or(|t| *t <= now)
+            })
+    }
+
+    fn idle_wait(&self, now: u64) -> Duration {
+        let next_timer = self.timers.first().map(|(due, _)| *due);
+        let next_retry = self.retry_at.values().copied().filter(|t| *t > now).min();
+        let wake = [next_timer, next_retry].into_iter().flatten().min();
+        let ms = wake.map_or(1_000, |w| w.saturating_sub(now).clamp(1, 1_000));
+        Duration::from_millis(ms)
+    }
+
+    /// Runs rounds until shut down.
+    pub(crate) fn run(mut self) -> Result<(), EmbeddedError> {
+        let mut shutting_down = false;
+        while !shutting_down {
+            let mut ingress = Vec::new();
+            let now = self.clock.now_ms();
+            if !self.deliverable(now) {
+                match self.rx.recv_timeout(self.idle_wait(now)) {
+                    Ok(Command::Ingress(req)) => ingress.push(req),
+                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                        shutting_down = true
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                }
+            }
+            while ingress.len() < self.config.max_batch_messages {
+                match self.rx.try_recv() {
+                    Ok(Command::Ingress(req)) => ingress.push(req),
+                    Ok(Command::Shutdown) => shutting_down = true,
+                    Err(_) => break,
+                }
+            }
+            self.round(ingress)?;
+        }
+        info!("engine stopped");
+        Ok(())
+    }
+
+    fn select(&self, now: u64) -> Vec<(Address, Vec<u64>)> {
+        let mut index: HashMap<&Address, usize> = HashMap::new();
+        let mut groups: Vec<(Address, Vec<u64>)> = Vec::new();
+        let mut taken = 0;
+        for (&seq, entry) in &self.pending {
+            if taken == self.config.max_batch_messages {
+                break;
+            }
+            let target = &entry.envelope.target;
+            if self.retry_at.get(target).is_some_and(|t| *t > now) {
+                continue;
+            }
+            match index.get(target) {
+                Some(&i) => groups[i].1.push(seq),
+                None => {
+                    index.insert(target, groups.len());
+                    groups.push((target.clone(), vec![seq]));
+                }
+            }
+            taken += 1;
+        }
+        groups
+    }
+
+    fn load(
+        &mut self,
+        addresses: &[&Address],
+    ) -> Result<Vec<Option<InstanceState>>, EmbeddedError> {
+        let misses: Vec<&Address> = addresses
+            .iter()
+            .copied()
+            .filter(|a| !self.cache.contains_key(*a))
+            .collect();
+        if !misses.is_empty() {
+            if self.cache.len() + misses.len() > self.config.cache_capacity {
+                self.cache.clear();
+            }
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(STATE)?;
+            for address in misses {
+                let state = match table.get(store::address_key(address).as_slice())? {
+                    Some(bytes) => Some(
+                        InstanceState::from_bytes(bytes.value())
+                            .map_err(|e| EmbeddedError::Corrupt(format!("{address}: {e}")))?,
+                    ),
+                    None => None,
+                };
+                self.cache.insert(address.clone(), state);
+            }
+        }
+        Ok(addresses
+            .iter()
+            .map(|a| self.cache.get(*a).cloned().flatten())
+            .collect())
+    }
+
+    fn round(&mut self, ingress: Vec<IngressRequest>) -> Result<(), EmbeddedError> {
+        let now = self.clock.now_ms();
+        let groups = self.select(now);
+        let addresses: Vec<&Address> = groups.iter().map(|(a, _)| a).collect();
+        let loaded = self.load(&addresses)?;
+        let outcomes: Vec<AddressOutcome> = groups
+            .iter()
+            .zip(loaded)
+            .map(|((address, seqs), state)| {
+                let messages = seqs
+                    .iter()
+                    .map(|s| self.pending[s].envelope.clone())
+                    .collect();
+                process_address(
+                    &self.registry,
+                    address,
+                    state,
+                    messages,
+                    now,
+                    &self.config.batch,
+                )
+            })
+            .collect();
+
+        let mut seq = self.next_seq;
+        let mut delta = Delta::default();
+        if outcomes
+            .iter()
+            .any(|o| !o.resend.is_empty() || o.commit.is_some())
+        {
+            self.commit_states(&outcomes, &mut seq, &mut delta)?;
+        }
+        // Egress before the acknowledgements: a crash in between re-emits (same ids)
+        // rather than loses.
+        let commit_egress = outcomes
+            .iter()
+            .filter_map(|o| o.commit.as_ref())
+            .flat_map(|c| c.outbox())
+            .filter_map(|e| match e {
+                OutboxEntry::Egress(record) => Some(record),
+                _ => None,
+            });
+        for record in std::mem::take(&mut delta.egress)
+            .iter()
+            .chain(commit_egress)
+        {
+            self.egress.emit(record)?;
+        }
+        self.egress.flush()?;
+
+        let txn = self.db.begin_write()?;
+        let mut dead = Vec::new();
+        let mut replies = Vec::new();
+        {
+            let mut tables = Tables {
+                inbox: txn.open_table(INBOX)?,
+                timers: txn.open_table(TIMERS)?,
+                tokens: txn.open_multimap_table(TIMER_TOKENS)?,
+            };
+            for outcome in &outcomes {
+                if let Some(commit) = &outcome.commit {
+                    for entry in commit.outbox() {
+                        tables.apply(entry, &mut seq, &mut delta)?;
+                    }
+                }
+            }
+            for ((address, seqs), outcome) in groups.iter().zip(&outcomes) {
+                let failed = outcome.failure.as_ref().map_or(0, |f| f.messages.len());
+                for s in &seqs[..seqs.len() - failed] {
+                    tables.inbox.remove(s)?;
+                }
+                if let Some(failure) = &outcome.failure {
+                    let culprit = seqs[seqs.len() - failed];
+                    let mut entry = self.pending[&culprit].clone();
+                    entry.attempts += 1;
+                    let reason = failure.error.to_string();
+                    if failure.error.is_retryable() && entry.attempts < self.config.max_attempts {
+                        warn!(%address, message_id = %entry.envelope.id, attempts = entry.attempts, %reason, "invocation failed; will retry");
+                        tables
+                            .inbox
+                            .insert(culprit, store::encode(&entry).as_slice())?;
+                        self.retry_at
+                            .insert(address.clone(), now + backoff_ms(entry.attempts));
+                        self.pending.insert(culprit, entry);
+                    } else {
+                        error!(%address, message_id = %entry.envelope.id, %reason, "dead-lettering message");
+                        tables.inbox.remove(culprit)?;
+                        dead.push((culprit, entry.envelope, reason));
+                    }
+                }
+            }
+            let mut keys = txn.open_table(INGRESS_KEYS)?;
+            for req in ingress {
+                let existing = match &req.key {
+                    Some(key) => keys.get(key.as_str())?.map(|v| v.value().0),
+                    None => None,
+                };
+                let s = match existing {
+                    Some(s) => s,
+                    None => {
+                        let s = seq;
+                        let envelope = Envelope {
+                            id: MessageId::Ordered {
+                                source: HTTP_INGRESS.into(),
+                                seq: s,
+                                index: 0,
+                            },
+                            target: req.target,
+                            caller: None,
+                            value: req.value,
+                        };
+                        tables.enqueue(&mut seq, envelope, &mut delta)?;
+                        if let Some(key) = &req.key {
+                            keys.insert(key.as_str(), (s, now))?;
+                        }
+                        s
+                    }
+                };
+                let id = MessageId::Ordered {
+                    source: HTTP_INGRESS.into(),
+                    seq: s,
+                    index: 0,
+                };
+                replies.push((req.reply, id));
+            }
+            let due: Vec<(u64, String)> = self
+                .timers
+                .range(..(now + 1, String::new()))
+                .cloned()
+                .collect();
+            for key in &due {
+                tables.fire(key, &mut seq, &mut delta)?;
+            }
+            let mut letters = txn.open_table(DEAD_LETTERS)?;
+            for (culprit, envelope, reason) in &dead {
+                let letter = DeadLetter {
+                    envelope: envelope.clone(),
+                    reason: reason.clone(),
+                    at_ms: now,
+                };
+                letters.insert(culprit, store::encode(&letter).as_slice())?;
+            }
+            txn.open_table(META)?.insert(NEXT_SEQ, seq)?;
+        }
+        txn.commit()?;
+
+        self.next_seq = seq;
+        for ((address, seqs), outcome) in groups.iter().zip(&outcomes) {
+            let failed = outcome.failure.as_ref().map_or(0, |f| f.messages.len());
+            for s in &seqs[..seqs.len() - failed] {
+                self.pending.remove(s);
+            }
+            if failed == 0 {
+                self.retry_at.remove(address);
+            }
+        }
+        for (culprit, _, _) in dead {
+            self.pending.remove(&culprit);
+        }
+        self.pending.extend(delta.new_inbox);
+        for key in delta.timers_removed {
+            self.timers.remove(&key);
+        }
+        self.timers.extend(delta.timers_added);
+        for (reply, id) in replies {
+            // The client may have gone away; the message is accepted all the same.
+            let _ = reply.send(id);
+        }
+        Ok(())
+    }
+
+    /// Transaction A: re-sends and new instance records, in one durable commit.
+    fn commit_states(
+        &mut self,
+        outcomes: &[AddressOutcome],
+        seq: &mut u64,
+        delta: &mut Delta,
+    ) -> Result<(), EmbeddedError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut tables = Tables {
+                inbox: txn.open_table(INBOX)?,
+                timers: txn.open_table(TIMERS)?,
+                tokens: txn.open_multimap_table(TIMER_TOKENS)?,
+            };
+            let mut states = txn.open_table(STATE)?;
+            for outcome in outcomes {
+                if !outcome.resend.is_empty() {
+                    info!(address = %outcome.address, entries = outcome.resend.len(), "re-sending the outbox of a redelivered commit");
+                }
+                for entry in &outcome.resend {
+                    tables.apply(entry, seq, delta)?;
+                }
+                if let Some(commit) = &outcome.commit {
+                    states.insert(
+                        store::address_key(&commit.address).as_slice(),
+                        commit.state.to_bytes().as_slice(),
+                    )?;
+                }
+            }
+            txn.open_table(META)?.insert(NEXT_SEQ, *seq)?;
+        }
+        txn.commit()?;
+        for outcome in outcomes {
+            if let Some(commit) = &outcome.commit {
+                debug!(address = %commit.address, version = commit.state.version, "committed");
+                self.cache
+                    .insert(commit.address.clone(), Some(commit.state.clone()));
+            }
+        }
+        self.commits += 1;
+        if self.config.crash_after_commits == Some(self.commits) {
+            error!(
+                commits = self.commits,
+                "fail point: aborting between commit and send"
+            );
+            std::process::abort();
+        }
+        Ok(())
+    }
+}

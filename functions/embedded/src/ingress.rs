@@ -1,0 +1,192 @@
+//! The HTTP ingress, after the StateFun playground's convention:
+//!
+//! - `POST /{namespace}/{type}/{id}` (or `PUT`, as the playground's curl examples use):
+//!   the body is the message, `Content-Type: application/vnd.{typename}` names its type
+//!   (default `io.statefun.types/string`). Built-in types are sent as plain text (`42`,
+//!   `true`, `hello`) and encoded here into the SDK wire form; other types pass through
+//!   unchanged. `202 {"message_id": …}` once the message is on disk. An
+//!   `Idempotency-Key` header makes a retried request enqueue once.
+//! - `GET /{namespace}/{type}/{id}`: the instance's state as JSON, for development.
+//! - Errors are 4xx with `{"error": "<what is wrong>"}`.
+
+use std::future::Future;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use statefun_core::{Address, TypeName, TypedValue, builtin};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::RuntimeHandle;
+
+/// Longest accepted instance id, in bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_KEY_BYTES: usize = 256;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The routes, over a running runtime.
+pub fn router(handle: RuntimeHandle) -> Router {
+    let instance = get(get_state)
+        .post(post_message)
+        .put(post_message)
+        .fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST (or PUT) to send a message, GET to read state",
+            )
+        });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/{namespace}/{type}/{id}", instance)
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route: address an instance as /{namespace}/{type}/{id}",
+            )
+        })
+        .with_state(handle)
+}
+
+/// Serves the ingress until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    handle: RuntimeHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(handle))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn address(
+    handle: &RuntimeHandle,
+    namespace: &str,
+    ty: &str,
+    id: String,
+) -> Result<Address, Response> {
+    let function_type =
+        TypeName::new(namespace, ty).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    if !handle.registry().contains(&function_type) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no function is registered for type {function_type}"),
+        ));
+    }
+    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("bad id: must be 1 to {MAX_ID_BYTES} bytes without control characters"),
+        ));
+    }
+    Ok(Address::new(function_type, id))
+}
+
+fn message_type(headers: &HeaderMap) -> Result<TypeName, Response> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(builtin::STRING);
+    };
+    let unsupported = |why: &str| {
+        error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "{why}: use Content-Type: application/vnd.<namespace>/<type>, \
+                 e.g. application/vnd.io.statefun.types/long"
+            ),
+        )
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| unsupported("Content-Type is not ASCII"))?;
+    let media = value.split(';').next().unwrap_or_default().trim();
+    if media.eq_ignore_ascii_case("text/plain") {
+        return Ok(builtin::STRING);
+    }
+    let Some(typename) = media.strip_prefix("application/vnd.") else {
+        return Err(unsupported(&format!("unsupported Content-Type {media:?}")));
+    };
+    TypeName::parse(typename)
+        .map_err(|e| unsupported(&format!("bad type name in Content-Type: {e}")))
+}
+
+async fn post_message(
+    State(handle): State<RuntimeHandle>,
+    Path((namespace, ty, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let target = match address(&handle, &namespace, &ty, id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let typename = match message_type(&headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let limit = handle.max_body_bytes();
+    let Ok(bytes) = to_bytes(body, limit).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over the limit of {limit} bytes"),
+        );
+    };
+    let value = match builtin::is_builtin(&typename) {
+        true => {
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("a {typename} body must be UTF-8 text"),
+                );
+            };
+            match builtin::from_text(&typename, text) {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+                None => unreachable!("built-in type has a text form"),
+            }
+        }
+        false => TypedValue::from_bytes(typename, bytes.to_vec()),
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.to_string()),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("Idempotency-Key must be 1 to {MAX_KEY_BYTES} ASCII characters"),
+            );
+        }
+    };
+    match handle.submit(target.clone(), value, key).await {
+        Ok(id) => {
+            debug!(address = %target, message_id = %id, "accepted");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "message_id": id.to_string() })),
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn get_state(
+    State(handle): State<RuntimeHandle>,
+    Path((namespace, ty, id)): Path<(String, String, String)>,
+) -> Response {
+    let address = match address(&handle, &namespace, &ty, id) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match handle.state_json(&address) {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,163 @@
+//! The embedded durable store: one redb file holding instance records, the inbox,
+//! timers, dead letters and ingress idempotency keys.
+
+use std::path::Path;
+
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use statefun_core::{Address, Envelope, InstanceState, MessageId};
+
+use crate::EmbeddedError;
+
+/// Instance records by address key.
+pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+/// Accepted, not yet settled messages by sequence number.
+pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
+/// Delayed messages by (due time, message id): re-scheduling the same message is a no-op.
+pub(crate) const TIMERS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("timers");
+/// (sender, cancellation token) → timer keys.
+pub(crate) const TIMER_TOKENS: MultimapTableDefinition<&[u8], (u64, &str)> =
+    MultimapTableDefinition::new("timer_tokens");
+/// Messages given up on, with the reason.
+pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Idempotency key → (sequence number, accepted at ms).
+pub(crate) const INGRESS_KEYS: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("ingress_keys");
+/// Counters: the next sequence number.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const NEXT_SEQ: &str = "next_seq";
+
+/// A message in the inbox and how often it failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct InboxEntry {
+    pub(crate) envelope: Envelope,
+    pub(crate) attempts: u32,
+}
+
+/// A scheduled delayed message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TimerEntry {
+    pub(crate) envelope: Envelope,
+    pub(crate) token: Option<String>,
+}
+
+/// A dead-lettered message and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub envelope: Envelope,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serde-derived records into a Vec: no failure mode.
+    postcard::to_stdvec(value).expect("record serializes")
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    what: &str,
+    bytes: &[u8],
+) -> Result<T, EmbeddedError> {
+    postcard::from_bytes(bytes).map_err(|e| EmbeddedError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn address_key(address: &Address) -> Vec<u8> {
+    encode(&(address.function_type.as_str(), address.id.as_str()))
+}
+
+pub(crate) fn token_key(sender: &Address, token: &str) -> Vec<u8> {
+    encode(&(sender.function_type.as_str(), sender.id.as_str(), token))
+}
+
+pub(crate) fn timer_id(id: &MessageId) -> String {
+    id.to_string()
+}
+
+/// Opens (or creates) the data file and its tables.
+pub(crate) fn open(data_dir: &Path) -> Result<Database, EmbeddedError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| EmbeddedError::Io(data_dir.display().to_string(), e))?;
+    let path = data_dir.join("statefun.redb");
+    let db = Database::create(&path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(STATE)?;
+    txn.open_table(INBOX)?;
+    txn.open_table(TIMERS)?;
+    txn.open_multimap_table(TIMER_TOKENS)?;
+    txn.open_table(DEAD_LETTERS)?;
+    txn.open_table(INGRESS_KEYS)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+/// Reads one instance record.
+pub(crate) fn read_state(
+    db: &Database,
+    address: &Address,
+) -> Result<Option<InstanceState>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(STATE)?;
+    let Some(bytes) = table.get(address_key(address).as_slice())? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        InstanceState::from_bytes(bytes.value())
+            .map_err(|e| EmbeddedError::Corrupt(e.to_string()))?,
+    ))
+}
+
+/// Everything the engine keeps in memory, read back at start-up.
+pub(crate) struct Recovered {
+    pub(crate) next_seq: u64,
+    pub(crate) inbox: Vec<(u64, InboxEntry)>,
+    pub(crate) timers: Vec<(u64, String)>,
+}
+
+pub(crate) fn recover(db: &Database) -> Result<Recovered, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let next_seq = txn
+        .open_table(META)?
+        .get(NEXT_SEQ)?
+        .map_or(1, |v| v.value());
+    let mut inbox = Vec::new();
+    for row in txn.open_table(INBOX)?.iter()? {
+        let (seq, bytes) = row?;
+        inbox.push((seq.value(), decode("inbox entry", bytes.value())?));
+    }
+    let mut timers = Vec::new();
+    for row in txn.open_table(TIMERS)?.iter()? {
+        let (key, _) = row?;
+        let (due, id) = key.value();
+        timers.push((due, id.to_string()));
+    }
+    Ok(Recovered {
+        next_seq,
+        inbox,
+        timers,
+    })
+}
+
+/// Lists the dead letters, oldest first.
+pub(crate) fn dead_letters(db: &Database) -> Result<Vec<DeadLetter>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let mut out = Vec::new();
+    for row in txn.open_table(DEAD_LETTERS)?.iter()? {
+        let (_, bytes) = row?;
+        out.push(decode("dead letter", bytes.value())?);
+    }
+    Ok(out)
+}
+
+/// Forgets idempotency keys accepted before `horizon_ms`.
+pub(crate) fn prune_ingress_keys(
+    txn: &WriteTransaction,
+    horizon_ms: u64,
+) -> Result<(), EmbeddedError> {
+    txn.open_table(INGRESS_KEYS)?
+        .retain(|_, (_, at)| at >= horizon_ms)?;
+    Ok(())
+}
