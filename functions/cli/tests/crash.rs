@@ -53,13 +53,20 @@ fn expected(work: &[Outgoing]) -> BTreeMap<String, i64> {
 
 fn count_at(s: &Server, path: &str) -> i64 {
     let state = s.get_json(path);
-    let cell = if path.contains("person") { "visits" } else { "count" };
+    let cell = if path.contains("person") {
+        "visits"
+    } else {
+        "count"
+    };
     state["state"][cell]["value"].as_i64().unwrap_or(0)
 }
 
 fn greeting_ids(all_stdout: &[Lines]) -> (usize, BTreeSet<String>) {
     let records: Vec<_> = all_stdout.iter().flat_map(egress).collect();
-    let ids = records.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect();
+    let ids = records
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(String::from))
+        .collect();
     (records.len(), ids)
 }
 
@@ -67,10 +74,16 @@ fn converge(s: &Server, expected: &BTreeMap<String, i64>) {
     let ok = eventually(Duration::from_secs(60), || {
         expected.iter().all(|(path, n)| count_at(s, path) >= *n)
     });
-    let actual: BTreeMap<_, _> = expected.keys().map(|p| (p.clone(), count_at(s, p))).collect();
+    let actual: BTreeMap<_, _> = expected
+        .keys()
+        .map(|p| (p.clone(), count_at(s, p)))
+        .collect();
     assert!(ok, "lost messages: expected {expected:?}, got {actual:?}");
     std::thread::sleep(Duration::from_millis(300));
-    let actual: BTreeMap<_, _> = expected.keys().map(|p| (p.clone(), count_at(s, p))).collect();
+    let actual: BTreeMap<_, _> = expected
+        .keys()
+        .map(|p| (p.clone(), count_at(s, p)))
+        .collect();
     assert_eq!(&actual, expected, "duplicated messages");
 }
 
@@ -105,7 +118,10 @@ fn killed_between_commit_and_send_the_runtime_converges_exactly() {
     let (out, err) = s.kill9();
     stdouts.push(out);
     assert!(
-        err.lock().expect("lines").iter().any(|l| l.contains("re-sending the outbox")),
+        err.lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains("re-sending the outbox")),
         "the redelivered commit must re-send its outbox"
     );
     let (_, ids) = greeting_ids(&stdouts);
@@ -116,7 +132,10 @@ fn killed_between_commit_and_send_the_runtime_converges_exactly() {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
@@ -141,7 +160,9 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
                 std::thread::sleep(delay);
                 killed.store(true, Ordering::SeqCst);
                 // SIGKILL: no chance to flush or shut down.
-                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
             })
         };
         while next < work.len() {
@@ -160,7 +181,10 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         let (out, _) = s.kill9();
         stdouts.push(out);
     }
-    assert!(kills >= 3, "the test must actually kill the runtime ({kills} kills)");
+    assert!(
+        kills >= 3,
+        "the test must actually kill the runtime ({kills} kills)"
+    );
 
     let s = Server::start(dir.path(), &[]);
     converge(&s, &expected(&work));
@@ -168,6 +192,10 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     stdouts.push(out);
     let persons = work.iter().filter(|o| o.path.contains("person")).count();
     let (emitted, ids) = greeting_ids(&stdouts);
-    assert_eq!(ids.len(), persons, "every greeting emitted, under one id each");
+    assert_eq!(
+        ids.len(),
+        persons,
+        "every greeting emitted, under one id each"
+    );
     assert!(emitted >= persons);
 }

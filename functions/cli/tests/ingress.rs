@@ -17,16 +17,27 @@ const LONG: Option<&str> = Some("application/vnd.io.statefun.types/long");
 #[test]
 fn accepted_messages_get_202_and_a_message_id() {
     let (_dir, s) = server();
-    let (status, body) = s.post("/example/counter/a", LONG, None, b"40").expect("post");
+    let (status, body) = s
+        .post("/example/counter/a", LONG, None, b"40")
+        .expect("post");
     assert_eq!(status, 202, "{body}");
     let id: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert!(id["message_id"].as_str().is_some_and(|m| m.starts_with("ingress/http@")), "{body}");
-    s.post("/example/counter/a", LONG, None, b" 2\n").expect("post");
+    assert!(
+        id["message_id"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("ingress/http@")),
+        "{body}"
+    );
+    s.post("/example/counter/a", LONG, None, b" 2\n")
+        .expect("post");
     assert!(eventually(Duration::from_secs(10), || {
         s.get_json("/example/counter/a")["state"]["count"]["value"] == 42
     }));
     let state = s.get_json("/example/counter/a");
-    assert_eq!(state["state"]["count"]["typename"], "io.statefun.types/long");
+    assert_eq!(
+        state["state"]["count"]["typename"],
+        "io.statefun.types/long"
+    );
     assert_eq!(state["version"], 2);
 }
 
@@ -47,32 +58,42 @@ fn the_playground_greeter_curl_works() {
     assert_eq!(records[0]["egress"], "example/greets");
     assert_eq!(records[0]["value"], "Hello Bob! 😎");
     assert_eq!(records[0]["typename"], "io.statefun.types/string");
-    assert_eq!(s.get_json("/example/person/Bob")["state"]["visits"]["value"], 1);
+    assert_eq!(
+        s.get_json("/example/person/Bob")["state"]["visits"]["value"],
+        1
+    );
 }
 
 #[test]
 fn a_string_is_the_default_type() {
     let (_dir, s) = server();
-    let (status, body) = s.post("/example/counter/a", None, None, b"5").expect("post");
+    let (status, body) = s
+        .post("/example/counter/a", None, None, b"5")
+        .expect("post");
     assert_eq!(status, 202, "{body}");
     // The counter wants a long: the message is accepted, then dead-lettered with the reason.
-    let (status, _) = s.post("/example/counter/a", LONG, None, b"5").expect("post");
+    let (status, _) = s
+        .post("/example/counter/a", LONG, None, b"5")
+        .expect("post");
     assert_eq!(status, 202);
     assert!(eventually(Duration::from_secs(10), || {
         s.get_json("/example/counter/a")["state"]["count"]["value"] == 5
     }));
-    assert!(s
-        .stderr
-        .lock()
-        .expect("lines")
-        .iter()
-        .any(|l| l.contains("dead-lettering") && l.contains("expected a value of type io.statefun.types/long")));
+    assert!(
+        s.stderr
+            .lock()
+            .expect("lines")
+            .iter()
+            .any(|l| l.contains("dead-lettering")
+                && l.contains("expected a value of type io.statefun.types/long"))
+    );
 }
 
 fn assert_error(result: std::io::Result<(u16, String)>, status: u16, needle: &str) {
     let (got, body) = result.expect("request");
     assert_eq!(got, status, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON error body: {body}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON error body: {body}"));
     let message = v["error"].as_str().expect("error field");
     assert!(message.contains(needle), "{message:?} lacks {needle:?}");
 }
@@ -80,23 +101,109 @@ fn assert_error(result: std::io::Result<(u16, String)>, status: u16, needle: &st
 #[test]
 fn every_ingress_error_is_a_4xx_saying_what_is_wrong() {
     let (_dir, s) = server();
-    assert_error(s.post("/nope/thing/a", LONG, None, b"1"), 404, "no function is registered for type nope/thing");
-    assert_error(http(s.addr, "GET", "/nope/thing/a", &[], b""), 404, "nope/thing");
-    assert_error(s.post("/example/counter", LONG, None, b"1"), 404, "/{namespace}/{type}/{id}");
-    assert_error(s.post("/example/counter/a%01b", LONG, None, b"1"), 400, "bad id");
+    assert_error(
+        s.post("/nope/thing/a", LONG, None, b"1"),
+        404,
+        "no function is registered for type nope/thing",
+    );
+    assert_error(
+        http(s.addr, "GET", "/nope/thing/a", &[], b""),
+        404,
+        "nope/thing",
+    );
+    assert_error(
+        s.post("/example/counter", LONG, None, b"1"),
+        404,
+        "/{namespace}/{type}/{id}",
+    );
+    assert_error(
+        s.post("/example/counter/a%01b", LONG, None, b"1"),
+        400,
+        "bad id",
+    );
     let long_id = format!("/example/counter/{}", "x".repeat(1025));
     assert_error(s.post(&long_id, LONG, None, b"1"), 400, "bad id");
-    assert_error(s.post("/example/counter/a", LONG, None, b"forty-two"), 400, "not a valid io.statefun.types/long");
-    assert_error(s.post("/example/counter/a", Some("application/vnd.io.statefun.types/int"), None, b"99999999999"), 400, "io.statefun.types/int");
-    assert_error(s.post("/example/counter/a", Some("application/vnd.io.statefun.types/bool"), None, b"yes"), 400, "io.statefun.types/bool");
-    assert_error(s.post("/example/counter/a", Some("application/vnd.io.statefun.types/string"), None, &[0xff, 0xfe]), 400, "UTF-8");
-    assert_error(s.post("/example/counter/a", Some("application/x-www-form-urlencoded"), None, b"1"), 415, "application/vnd.");
-    assert_error(s.post("/example/counter/a", Some("application/vnd.notype"), None, b"1"), 415, "bad type name");
+    assert_error(
+        s.post("/example/counter/a", LONG, None, b"forty-two"),
+        400,
+        "not a valid io.statefun.types/long",
+    );
+    assert_error(
+        s.post(
+            "/example/counter/a",
+            Some("application/vnd.io.statefun.types/int"),
+            None,
+            b"99999999999",
+        ),
+        400,
+        "io.statefun.types/int",
+    );
+    assert_error(
+        s.post(
+            "/example/counter/a",
+            Some("application/vnd.io.statefun.types/bool"),
+            None,
+            b"yes",
+        ),
+        400,
+        "io.statefun.types/bool",
+    );
+    assert_error(
+        s.post(
+            "/example/counter/a",
+            Some("application/vnd.io.statefun.types/string"),
+            None,
+            &[0xff, 0xfe],
+        ),
+        400,
+        "UTF-8",
+    );
+    assert_error(
+        s.post(
+            "/example/counter/a",
+            Some("application/x-www-form-urlencoded"),
+            None,
+            b"1",
+        ),
+        415,
+        "application/vnd.",
+    );
+    assert_error(
+        s.post(
+            "/example/counter/a",
+            Some("application/vnd.notype"),
+            None,
+            b"1",
+        ),
+        415,
+        "bad type name",
+    );
     let big = vec![b'x'; 256 * 1024 + 1];
-    assert_error(s.post("/example/counter/a", Some("application/vnd.example/Blob"), None, &big), 413, "over the limit of 262144 bytes");
-    assert_error(http(s.addr, "DELETE", "/example/counter/a", &[], b""), 405, "use POST");
-    assert_error(http(s.addr, "PATCH", "/example/counter/a", &[], b""), 405, "use POST");
-    assert_error(s.post("/example/counter/a", LONG, Some(&"k".repeat(300)), b"1"), 400, "Idempotency-Key");
+    assert_error(
+        s.post(
+            "/example/counter/a",
+            Some("application/vnd.example/Blob"),
+            None,
+            &big,
+        ),
+        413,
+        "over the limit of 262144 bytes",
+    );
+    assert_error(
+        http(s.addr, "DELETE", "/example/counter/a", &[], b""),
+        405,
+        "use POST",
+    );
+    assert_error(
+        http(s.addr, "PATCH", "/example/counter/a", &[], b""),
+        405,
+        "use POST",
+    );
+    assert_error(
+        s.post("/example/counter/a", LONG, Some(&"k".repeat(300)), b"1"),
+        400,
+        "Idempotency-Key",
+    );
     // Nothing rejected was enqueued.
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(s.get_json("/example/counter/a")["version"], 0);
@@ -105,13 +212,21 @@ fn every_ingress_error_is_a_4xx_saying_what_is_wrong() {
 #[test]
 fn an_idempotency_key_enqueues_once() {
     let (_dir, s) = server();
-    let first = s.post("/example/counter/k", LONG, Some("order-1"), b"7").expect("post");
-    let again = s.post("/example/counter/k", LONG, Some("order-1"), b"7").expect("post");
+    let first = s
+        .post("/example/counter/k", LONG, Some("order-1"), b"7")
+        .expect("post");
+    let again = s
+        .post("/example/counter/k", LONG, Some("order-1"), b"7")
+        .expect("post");
     assert_eq!(first, again, "same key, same message id");
-    s.post("/example/counter/k", LONG, Some("order-2"), b"1").expect("post");
+    s.post("/example/counter/k", LONG, Some("order-2"), b"1")
+        .expect("post");
     assert!(eventually(Duration::from_secs(10), || {
         s.get_json("/example/counter/k")["state"]["count"]["value"] == 8
     }));
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(s.get_json("/example/counter/k")["state"]["count"]["value"], 8);
+    assert_eq!(
+        s.get_json("/example/counter/k")["state"]["count"]["value"],
+        8
+    );
 }

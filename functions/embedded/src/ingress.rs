@@ -29,8 +29,24 @@ pub const MAX_ID_BYTES: usize = 1024;
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_KEY_BYTES: usize = 256;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+/// A rejected request: a status and a message saying what is wrong.
+#[derive(Debug)]
+pub struct Rejection {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        message: message.into(),
+    }
 }
 
 /// The routes, over a running runtime.
@@ -72,7 +88,7 @@ fn address(
     namespace: &str,
     ty: &str,
     id: String,
-) -> Result<Address, Response> {
+) -> Result<Address, Rejection> {
     let function_type =
         TypeName::new(namespace, ty).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     if !handle.registry().contains(&function_type) {
@@ -90,7 +106,7 @@ fn address(
     Ok(Address::new(function_type, id))
 }
 
-fn message_type(headers: &HeaderMap) -> Result<TypeName, Response> {
+fn message_type(headers: &HeaderMap) -> Result<TypeName, Rejection> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(builtin::STRING);
     };
@@ -117,76 +133,65 @@ fn message_type(headers: &HeaderMap) -> Result<TypeName, Response> {
         .map_err(|e| unsupported(&format!("bad type name in Content-Type: {e}")))
 }
 
+fn decode_body(typename: TypeName, bytes: &[u8]) -> Result<TypedValue, Rejection> {
+    if !builtin::is_builtin(&typename) {
+        return Ok(TypedValue::from_bytes(typename, bytes.to_vec()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("a {typename} body must be UTF-8 text"),
+        )
+    })?;
+    builtin::from_text(&typename, text)
+        .unwrap_or_else(|| Err(format!("{typename} has no text form")))
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
+    match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Ok(Some(k.to_string())),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("Idempotency-Key must be 1 to {MAX_KEY_BYTES} ASCII characters"),
+        )),
+    }
+}
+
 async fn post_message(
     State(handle): State<RuntimeHandle>,
     Path((namespace, ty, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let target = match address(&handle, &namespace, &ty, id) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let typename = match message_type(&headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+) -> Result<Response, Rejection> {
+    let target = address(&handle, &namespace, &ty, id)?;
+    let typename = message_type(&headers)?;
+    let key = idempotency_key(&headers)?;
     let limit = handle.max_body_bytes();
-    let Ok(bytes) = to_bytes(body, limit).await else {
-        return error(
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body over the limit of {limit} bytes"),
-        );
-    };
-    let value = match builtin::is_builtin(&typename) {
-        true => {
-            let Ok(text) = std::str::from_utf8(&bytes) else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("a {typename} body must be UTF-8 text"),
-                );
-            };
-            match builtin::from_text(&typename, text) {
-                Some(Ok(v)) => v,
-                Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
-                None => unreachable!("built-in type has a text form"),
-            }
-        }
-        false => TypedValue::from_bytes(typename, bytes.to_vec()),
-    };
-    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Some(k.to_string()),
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("Idempotency-Key must be 1 to {MAX_KEY_BYTES} ASCII characters"),
-            );
-        }
-    };
-    match handle.submit(target.clone(), value, key).await {
-        Ok(id) => {
-            debug!(address = %target, message_id = %id, "accepted");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "message_id": id.to_string() })),
-            )
-                .into_response()
-        }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+        )
+    })?;
+    let value = decode_body(typename, &bytes)?;
+    let id = handle
+        .submit(target.clone(), value, key)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    debug!(address = %target, message_id = %id, "accepted");
+    let body = axum::Json(json!({ "message_id": id.to_string() }));
+    Ok((StatusCode::ACCEPTED, body).into_response())
 }
 
 async fn get_state(
     State(handle): State<RuntimeHandle>,
     Path((namespace, ty, id)): Path<(String, String, String)>,
-) -> Response {
-    let address = match address(&handle, &namespace, &ty, id) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    match handle.state_json(&address) {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+) -> Result<Response, Rejection> {
+    let address = address(&handle, &namespace, &ty, id)?;
+    let state = handle
+        .state_json(&address)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(axum::Json(state).into_response())
 }

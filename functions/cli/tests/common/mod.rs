@@ -60,9 +60,16 @@ impl Server {
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("server exited with {status}: {:?}", stderr.lock().expect("lines"));
+                panic!(
+                    "server exited with {status}: {:?}",
+                    stderr.lock().expect("lines")
+                );
             }
-            assert!(Instant::now() < deadline, "server did not start: {:?}", stderr.lock().expect("lines"));
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {:?}",
+                stderr.lock().expect("lines")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -84,7 +91,13 @@ impl Server {
         }
     }
 
-    pub fn post(&self, path: &str, content_type: Option<&str>, key: Option<&str>, body: &[u8]) -> std::io::Result<(u16, String)> {
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        key: Option<&str>,
+        body: &[u8],
+    ) -> std::io::Result<(u16, String)> {
         let mut headers = Vec::new();
         if let Some(ct) = content_type {
             headers.push(("Content-Type", ct));
@@ -110,10 +123,19 @@ impl Drop for Server {
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns status and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -128,7 +150,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
