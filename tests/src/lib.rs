@@ -1,1 +1,1 @@
-//! placeholder
+//! Cross-crate test suites live in `tests/`; this library is empty.
