@@ -11,6 +11,7 @@
 //! - the re-send runs before the next commit, because that commit replaces the outbox;
 //! - receivers drop what they applied before ([`crate::dedup`]), so re-sends are safe.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::context::{Context, Effect};
@@ -181,23 +182,29 @@ pub fn process_address(
         match result {
             Ok((staged, new_effects, new_bytes, specs)) => {
                 record_bytes = new_bytes;
-                for (name, value) in staged {
+                for (index, value) in staged {
+                    let spec = &specs[index];
                     match value {
                         Some(value) => {
-                            let expires_at_ms = specs
-                                .iter()
-                                .find(|s| s.name == name)
-                                .and_then(|s| expiry(s.expiration, now_ms));
-                            state.cells.insert(
-                                name,
-                                Cell {
-                                    value,
-                                    expires_at_ms,
-                                },
-                            );
+                            let expires_at_ms = expiry(spec.expiration, now_ms);
+                            match state.cells.get_mut(&spec.name) {
+                                Some(cell) => {
+                                    cell.value = value;
+                                    cell.expires_at_ms = expires_at_ms;
+                                }
+                                None => {
+                                    state.cells.insert(
+                                        spec.name.clone(),
+                                        Cell {
+                                            value,
+                                            expires_at_ms,
+                                        },
+                                    );
+                                }
+                            }
                         }
                         None => {
-                            state.cells.remove(&name);
+                            state.cells.remove(&spec.name);
                         }
                     }
                 }
@@ -259,7 +266,7 @@ fn expiry(expiration: Expiration, now_ms: u64) -> Option<u64> {
     }
 }
 
-type Staged = std::collections::BTreeMap<String, Option<crate::TypedValue>>;
+type Staged = Vec<(usize, Option<crate::TypedValue>)>;
 
 /// Runs one invocation; its writes and effects come back staged, checked against the
 /// limits, with the record size they would bring.
@@ -276,7 +283,15 @@ fn invoke_one(
     let Context {
         staged, effects, ..
     } = ctx;
-    let bytes = check_limits(address, state, &staged, &effects, record_bytes, limits)?;
+    let bytes = check_limits(
+        address,
+        state,
+        &reg.specs,
+        &staged,
+        &effects,
+        record_bytes,
+        limits,
+    )?;
     Ok((staged, effects, bytes))
 }
 
@@ -285,6 +300,7 @@ fn invoke_one(
 fn check_limits(
     address: &Address,
     state: &InstanceState,
+    specs: &[crate::StateSpec],
     staged: &Staged,
     effects: &[Effect],
     record_bytes: usize,
@@ -297,7 +313,8 @@ fn check_limits(
         limit,
     };
     let mut bytes = record_bytes;
-    for (name, value) in staged {
+    for (index, value) in staged {
+        let name = &specs[*index].name;
         let new = value.as_ref().map_or(0, |v| v.size());
         if new > limits.max_value_bytes {
             return Err(too_large(
@@ -340,7 +357,10 @@ fn assign_ids(
     effects: Vec<Effect>,
     now_ms: u64,
 ) -> Vec<OutboxEntry> {
-    let source = address.to_string();
+    if effects.is_empty() {
+        return Vec::new();
+    }
+    let source: Arc<str> = address.to_string().into();
     effects
         .into_iter()
         .enumerate()

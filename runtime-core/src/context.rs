@@ -39,7 +39,8 @@ pub struct Context<'a> {
     caller: Option<&'a Address>,
     specs: &'a [StateSpec],
     cells: &'a BTreeMap<String, Cell>,
-    pub(crate) staged: BTreeMap<String, Option<TypedValue>>,
+    /// Writes of this invocation by spec index; `None` removes.
+    pub(crate) staged: Vec<(usize, Option<TypedValue>)>,
     pub(crate) effects: Vec<Effect>,
 }
 
@@ -55,7 +56,7 @@ impl<'a> Context<'a> {
             caller,
             specs,
             cells,
-            staged: BTreeMap::new(),
+            staged: Vec::new(),
             effects: Vec::new(),
         }
     }
@@ -70,42 +71,50 @@ impl<'a> Context<'a> {
         self.caller
     }
 
-    fn declared(&self, name: &str, typename: &TypeName) -> Result<&StateSpec, FunctionError> {
-        let spec = self.specs.iter().find(|s| s.name == name).ok_or_else(|| {
-            FunctionError::UndeclaredState {
+    fn index_of(&self, name: &str) -> Result<usize, FunctionError> {
+        self.specs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| FunctionError::UndeclaredState {
                 function_type: self.address.function_type.clone(),
                 name: name.to_string(),
-            }
-        })?;
-        if &spec.typename != typename {
+            })
+    }
+
+    fn declared(&self, name: &str, typename: &TypeName) -> Result<usize, FunctionError> {
+        let index = self.index_of(name)?;
+        let declared = &self.specs[index].typename;
+        if declared != typename {
             return Err(FunctionError::StateTypeMismatch {
                 name: name.to_string(),
-                declared: spec.typename.clone(),
+                declared: declared.clone(),
                 actual: typename.clone(),
             });
         }
-        Ok(spec)
+        Ok(index)
+    }
+
+    fn stage(&mut self, index: usize, value: Option<TypedValue>) {
+        match self.staged.iter_mut().find(|(i, _)| *i == index) {
+            Some(slot) => slot.1 = value,
+            None => self.staged.push((index, value)),
+        }
     }
 
     /// The raw current value of a declared state cell (absent if never set, removed or
     /// expired).
     pub fn get_value(&self, name: &str) -> Result<Option<&TypedValue>, FunctionError> {
-        if !self.specs.iter().any(|s| s.name == name) {
-            return Err(FunctionError::UndeclaredState {
-                function_type: self.address.function_type.clone(),
-                name: name.to_string(),
-            });
-        }
-        Ok(match self.staged.get(name) {
-            Some(staged) => staged.as_ref(),
+        let index = self.index_of(name)?;
+        Ok(match self.staged.iter().find(|(i, _)| *i == index) {
+            Some((_, staged)) => staged.as_ref(),
             None => self.cells.get(name).map(|c| &c.value),
         })
     }
 
     /// Sets a declared state cell to a raw value of its declared type.
     pub fn set_value(&mut self, name: &str, value: TypedValue) -> Result<(), FunctionError> {
-        self.declared(name, &value.typename)?;
-        self.staged.insert(name.to_string(), Some(value));
+        let index = self.declared(name, &value.typename)?;
+        self.stage(index, Some(value));
         Ok(())
     }
 
@@ -135,8 +144,8 @@ impl<'a> Context<'a> {
 
     /// Removes a typed state cell.
     pub fn remove<T: ValueType>(&mut self, spec: &ValueSpec<T>) -> Result<(), FunctionError> {
-        self.declared(spec.name(), &T::typename())?;
-        self.staged.insert(spec.name().to_string(), None);
+        let index = self.declared(spec.name(), &T::typename())?;
+        self.stage(index, None);
         Ok(())
     }
 

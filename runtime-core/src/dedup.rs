@@ -15,6 +15,7 @@
 //! the longest possible redelivery (queue retention + visibility timeout). Never by count.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ use crate::message::MessageId;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dedup {
-    marks: BTreeMap<String, Mark>,
+    marks: BTreeMap<Arc<str>, Mark>,
     keyed: BTreeMap<String, u64>,
     pruned_at_ms: u64,
 }
@@ -40,7 +41,7 @@ impl Dedup {
         match id {
             MessageId::Ordered { source, seq, index } => self
                 .marks
-                .get(source)
+                .get(source.as_ref())
                 .is_some_and(|m| *seq < m.seq || (*seq == m.seq && m.indices.contains(index))),
             MessageId::Keyed(key) => self.keyed.contains_key(key),
         }
@@ -49,30 +50,31 @@ impl Dedup {
     /// Records `id` as applied at `now_ms`.
     pub fn record(&mut self, id: &MessageId, now_ms: u64) {
         match id {
-            MessageId::Ordered { source, seq, index } => match self.marks.get_mut(source) {
-                Some(m) if *seq == m.seq => {
-                    m.indices.push(*index);
-                    m.touched_ms = now_ms;
+            MessageId::Ordered { source, seq, index } => {
+                match self.marks.get_mut(source.as_ref()) {
+                    Some(m) if *seq == m.seq => {
+                        m.indices.push(*index);
+                        m.touched_ms = now_ms;
+                    }
+                    Some(m) if *seq > m.seq => {
+                        m.seq = *seq;
+                        m.indices.clear();
+                        m.indices.push(*index);
+                        m.touched_ms = now_ms;
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.marks.insert(
+                            source.clone(),
+                            Mark {
+                                seq: *seq,
+                                indices: vec![*index],
+                                touched_ms: now_ms,
+                            },
+                        );
+                    }
                 }
-                Some(m) if *seq > m.seq => {
-                    *m = Mark {
-                        seq: *seq,
-                        indices: vec![*index],
-                        touched_ms: now_ms,
-                    };
-                }
-                Some(_) => {}
-                None => {
-                    self.marks.insert(
-                        source.clone(),
-                        Mark {
-                            seq: *seq,
-                            indices: vec![*index],
-                            touched_ms: now_ms,
-                        },
-                    );
-                }
-            },
+            }
             MessageId::Keyed(key) => {
                 self.keyed.insert(key.clone(), now_ms);
             }

@@ -1,6 +1,7 @@
 //! Messages in flight and the outbox a commit produces.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,7 @@ pub enum MessageId {
     /// version, `index` = position in that commit's outbox), or an ordered ingress
     /// (`seq` = its durable sequence number).
     Ordered {
-        source: String,
+        source: Arc<str>,
         seq: u64,
         index: u32,
     },

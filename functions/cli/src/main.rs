@@ -11,6 +11,10 @@ use statefun_embedded::{EmbeddedConfig, Runtime, StdoutEgress};
 use statefun_examples::ExamplesConfig;
 use tracing::info;
 
+// The runtime allocates per message; mimalloc keeps that cheap and flat under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "statefun-lambda", version, about)]
 struct Cli {

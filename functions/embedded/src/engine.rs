@@ -312,9 +312,11 @@ impl Engine {
                 self.cache.insert(address.clone(), state);
             }
         }
+        // Taken out, not cloned: the commit puts the new record back; an address
+        // without a commit is read again next time.
         Ok(addresses
             .iter()
-            .map(|a| self.cache.get(*a).cloned().flatten())
+            .map(|a| self.cache.remove(*a).flatten())
             .collect())
     }
 
