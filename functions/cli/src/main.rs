@@ -107,7 +107,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.max_batch_messages = args.max_batch_messages.max(1);
     config.crash_after_commits = args.crash_after_commits;
-    let runtime = Runtime::start(registry, config, Box::new(StdoutEgress))
+    let mut runtime = Runtime::start(registry, config, Box::new(StdoutEgress))
         .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -115,8 +115,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the HTTP ingress to {addr}"))?;
     let local = listener.local_addr()?;
     info!(data_dir = %args.data_dir.display(), "listening on http://{local}");
-    statefun_embedded::ingress::serve(listener, runtime.handle(), shutdown_signal()).await?;
-    runtime.shutdown()?;
+    let engine_stopped = runtime.engine_stopped();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {},
+            () = engine_stopped => tracing::error!("the engine stopped; shutting down"),
+        }
+    };
+    statefun_embedded::ingress::serve(listener, runtime.handle(), stop).await?;
+    runtime.shutdown().context("the engine failed")?;
     Ok(())
 }
 

@@ -128,6 +128,7 @@ impl EgressSink for StdoutEgress {
 pub struct Runtime {
     handle: RuntimeHandle,
     engine: JoinHandle<Result<(), EmbeddedError>>,
+    stopped: Option<oneshot::Receiver<()>>,
 }
 
 /// A cheap, cloneable way in: submit messages, read state.
@@ -174,9 +175,15 @@ impl Runtime {
             egress,
             rx,
         )?;
+        let (stopped_tx, stopped) = oneshot::channel();
         let engine = std::thread::Builder::new()
             .name("statefun-engine".into())
-            .spawn(move || engine.run())
+            .spawn(move || {
+                let result = engine.run();
+                // Nobody may be waiting for the stop; the result is in the join handle.
+                let _ = stopped_tx.send(());
+                result
+            })
             .map_err(|e| EmbeddedError::Io("spawning the engine thread".into(), e))?;
         Ok(Runtime {
             handle: RuntimeHandle {
@@ -187,11 +194,27 @@ impl Runtime {
                 max_body_bytes,
             },
             engine,
+            stopped: Some(stopped),
         })
     }
 
     pub fn handle(&self) -> RuntimeHandle {
         self.handle.clone()
+    }
+
+    /// Completes when the engine thread stops on its own (a store failure): serve until
+    /// this or a signal, then call [`shutdown`](Self::shutdown) to learn why.
+    pub fn engine_stopped(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.stopped.take();
+        async move {
+            match stopped {
+                // An error means the sender is gone: the engine stopped as well.
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending().await,
+            }
+        }
     }
 
     /// Finishes the current round and stops.
