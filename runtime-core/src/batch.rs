@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::context::{Context, Effect};
 use crate::function::{FunctionError, Registry};
-use crate::message::{EgressRecord, Envelope, MessageId, OutboxEntry};
+use crate::message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
 use crate::spec::Expiration;
 use crate::state::{Cell, InstanceState};
 use crate::typename::{Address, TypeName};
@@ -366,6 +366,7 @@ fn assign_ids(
         .enumerate()
         .map(|(index, effect)| {
             let index = index as u32;
+            let issued = Issued { version, index };
             let keyed = || format!("{source}@{version}.{index}");
             match effect {
                 Effect::Send { target, value } => OutboxEntry::Send(Envelope {
@@ -392,10 +393,12 @@ fn assign_ids(
                     },
                     due_at_ms: now_ms.saturating_add(delay.as_millis() as u64),
                     cancellation_token,
+                    issued,
                 },
                 Effect::Cancel { token } => OutboxEntry::Cancel {
                     sender: address.clone(),
                     token,
+                    issued,
                 },
                 Effect::Egress { egress, value } => OutboxEntry::Egress(EgressRecord {
                     id: keyed(),

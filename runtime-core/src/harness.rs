@@ -155,9 +155,10 @@ impl Harness {
                 let Some(envelope) = by_id.get(&failed.id).cloned() else {
                     continue;
                 };
+                let retryable = failed.is_retryable();
                 let attempts = self.attempts.entry(failed.id).or_default();
                 *attempts += 1;
-                if failed.retryable && *attempts < MAX_ATTEMPTS {
+                if retryable && *attempts < MAX_ATTEMPTS {
                     retry.push(envelope);
                 } else {
                     self.dead_letters.push(DeadLetter {

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod builtin;
 pub mod context;
 pub mod dedup;
+pub mod envelope;
 pub mod function;
 pub mod harness;
 pub mod message;
@@ -25,7 +26,7 @@ pub use batch::{
 pub use context::{Context, Effect};
 pub use function::{FunctionError, Registry, RegistryError, StatefulFunction};
 pub use harness::Harness;
-pub use message::{EgressRecord, Envelope, MessageId, OutboxEntry};
+pub use message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
 pub use spec::{Expiration, StateSpec, ValueSpec};
 pub use state::{Cell, InstanceState};
 pub use typename::{Address, TypeName};

@@ -60,6 +60,15 @@ pub struct EgressRecord {
     pub value: TypedValue,
 }
 
+/// Where in its sender's history an effect was issued: the commit version and the
+/// index in that commit's outbox. Orders a cancellation against the delayed sends it
+/// may cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Issued {
+    pub version: u64,
+    pub index: u32,
+}
+
 /// One effect of a commit, to be executed by the host after the commit is durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxEntry {
@@ -69,11 +78,14 @@ pub enum OutboxEntry {
         envelope: Envelope,
         due_at_ms: u64,
         cancellation_token: Option<String>,
+        issued: Issued,
     },
-    /// Cancel the pending delayed messages `sender` scheduled under `token`.
+    /// Cancel the delayed messages `sender` scheduled under `token` before `issued`
+    /// that are still pending.
     Cancel {
         sender: Address,
         token: String,
+        issued: Issued,
     },
     Egress(EgressRecord),
 }

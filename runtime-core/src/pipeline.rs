@@ -12,16 +12,35 @@ use std::thread::Thread;
 use crate::batch::{AddressOutcome, BatchConfig, process_address};
 use crate::function::Registry;
 use crate::message::{Envelope, MessageId};
-use crate::ports::{StateStore, Transport};
+use crate::ports::{CommitError, StateStore, Transport};
 use crate::typename::Address;
 
-/// A message that was not settled, and whether retrying can help. Messages blocked
-/// behind a failed one of their address are retryable with a reason naming it.
+/// Why a message was not settled, which says what a host does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Another host committed to the address first: run it again now.
+    Conflict,
+    /// A transient failure (function, store, transport): try again later.
+    Retryable,
+    /// Behind a failed message of the same address: runs once that one is resolved.
+    Blocked,
+    /// Retrying cannot help (terminal function error, unknown type, too large):
+    /// dead-letter it.
+    Poison,
+}
+
+/// A message that was not settled, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedMessage {
     pub id: MessageId,
     pub reason: String,
-    pub retryable: bool,
+    pub kind: FailureKind,
+}
+
+impl FailedMessage {
+    pub fn is_retryable(&self) -> bool {
+        self.kind != FailureKind::Poison
+    }
 }
 
 /// What became of each message of a batch.
@@ -34,11 +53,16 @@ pub struct BatchReport {
 }
 
 impl BatchReport {
-    fn fail_all(&mut self, ids: impl IntoIterator<Item = MessageId>, reason: &str) {
+    fn fail_all(
+        &mut self,
+        ids: impl IntoIterator<Item = MessageId>,
+        reason: &str,
+        kind: FailureKind,
+    ) {
         self.failed.extend(ids.into_iter().map(|id| FailedMessage {
             id,
             reason: reason.to_string(),
-            retryable: true,
+            kind,
         }));
     }
 
@@ -51,10 +75,14 @@ impl BatchReport {
             self.failed.push(FailedMessage {
                 id: first.clone(),
                 reason: failure.error.to_string(),
-                retryable: failure.error.is_retryable(),
+                kind: if failure.error.is_retryable() {
+                    FailureKind::Retryable
+                } else {
+                    FailureKind::Poison
+                },
             });
             let blocked = format!("blocked behind failed message {first}");
-            self.fail_all(ids.cloned(), &blocked);
+            self.fail_all(ids.cloned(), &blocked, FailureKind::Blocked);
         }
     }
 }
@@ -100,7 +128,7 @@ pub async fn dispatch<S: StateStore, T: Transport>(
         Ok(loaded) => loaded,
         Err(e) => {
             let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
-            report.fail_all(ids, &e.to_string());
+            report.fail_all(ids, &e.to_string(), FailureKind::Retryable);
             return report;
         }
     };
@@ -121,7 +149,11 @@ pub async fn dispatch<S: StateStore, T: Transport>(
     let mut ok = vec![true; outcomes.len()];
     for (&i, result) in resending.iter().zip(results) {
         if let Err(e) = result {
-            report.fail_all(all_ids(&outcomes[i]), &e.to_string());
+            report.fail_all(
+                all_ids(&outcomes[i]),
+                &e.to_string(),
+                FailureKind::Retryable,
+            );
             ok[i] = false;
         }
     }
@@ -142,10 +174,15 @@ pub async fn dispatch<S: StateStore, T: Transport>(
                 sending.push((i, commit));
             }
             Err(e) => {
-                if matches!(e, crate::ports::CommitError::Conflict(_)) {
-                    report.conflicts += 1;
-                }
-                report.fail_all(all_ids(&outcomes[i]), &e.to_string());
+                let kind = match e {
+                    CommitError::Conflict(_) => {
+                        report.conflicts += 1;
+                        FailureKind::Conflict
+                    }
+                    CommitError::TooLarge(_) => FailureKind::Poison,
+                    CommitError::Store(_) => FailureKind::Retryable,
+                };
+                report.fail_all(all_ids(&outcomes[i]), &e.to_string(), kind);
                 ok[i] = false;
             }
         }
@@ -154,7 +191,11 @@ pub async fn dispatch<S: StateStore, T: Transport>(
     let results = transport.send(&slices).await;
     for ((i, _), result) in sending.iter().zip(results) {
         if let Err(e) = result {
-            report.fail_all(all_ids(&outcomes[*i]), &e.to_string());
+            report.fail_all(
+                all_ids(&outcomes[*i]),
+                &e.to_string(),
+                FailureKind::Retryable,
+            );
             ok[*i] = false;
         }
     }

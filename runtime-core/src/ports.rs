@@ -25,6 +25,9 @@ pub enum CommitError {
     Conflict(Address),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The record cannot be stored at all (over the item limit): never retried.
+    #[error(transparent)]
+    TooLarge(#[from] crate::batch::LimitError),
 }
 
 /// Loads instance records and applies conditional commits.
@@ -228,6 +231,7 @@ impl MemoryTransport {
                 envelope,
                 due_at_ms,
                 cancellation_token,
+                ..
             } => {
                 // Re-sends carry the same id: scheduling twice is scheduling once.
                 if !q.timers.iter().any(|t| t.envelope.id == envelope.id) {
@@ -238,7 +242,7 @@ impl MemoryTransport {
                     });
                 }
             }
-            OutboxEntry::Cancel { sender, token } => q.timers.retain(|t| {
+            OutboxEntry::Cancel { sender, token, .. } => q.timers.retain(|t| {
                 t.cancellation_token.as_ref() != Some(token)
                     || t.envelope.caller.as_ref() != Some(sender)
             }),

@@ -280,7 +280,7 @@ fn run_seed(seed: u64) {
         let report = block_on(dispatch(&registry, &store, &transport, &config, now, batch));
         for failed in &report.failed {
             assert!(
-                failed.retryable,
+                failed.is_retryable(),
                 "seed {seed}: unexpected poison: {}",
                 failed.reason
             );

@@ -99,6 +99,7 @@ impl Tables<'_> {
                 envelope,
                 due_at_ms,
                 cancellation_token,
+                ..
             } => {
                 let id = store::timer_id(&envelope.id);
                 let key = (*due_at_ms, id.as_str());
@@ -116,7 +117,7 @@ impl Tables<'_> {
                     delta.timers_added.push((*due_at_ms, id));
                 }
             }
-            OutboxEntry::Cancel { sender, token } => {
+            OutboxEntry::Cancel { sender, token, .. } => {
                 let tk = store::token_key(sender, token);
                 let keys: Vec<(u64, String)> = self
                     .tokens
