@@ -11,7 +11,7 @@
 //! ```
 //!
 //! A delayed message on its way to the timer forwarder wraps one:
-//! `{"v":1,"due_at_ms":…,"token":"…"|null,"message":{…}}`.
+//! `{"v":1,"due_at_ms":…,"token":"…"|null,"issued":{"version":…,"index":…},"message":{…}}`.
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Envelope, MessageId};
+use crate::message::{Envelope, Issued, MessageId};
 use crate::typename::{Address, TypeName};
 use crate::value::TypedValue;
 
@@ -65,6 +65,7 @@ struct WireTimer {
     v: u32,
     due_at_ms: u64,
     token: Option<String>,
+    issued: Issued,
     message: WireEnvelope,
 }
 
@@ -73,6 +74,8 @@ struct WireTimer {
 pub struct TimerMessage {
     pub due_at_ms: u64,
     pub token: Option<String>,
+    /// Where the sender issued it, to compare with cancellations.
+    pub issued: Issued,
     pub envelope: Envelope,
 }
 
@@ -155,6 +158,7 @@ pub fn encode_timer(timer: &TimerMessage) -> String {
         v: VERSION,
         due_at_ms: timer.due_at_ms,
         token: timer.token.clone(),
+        issued: timer.issued,
         message: to_wire(&timer.envelope),
     };
     serde_json::to_string(&wire).expect("timer serializes")
@@ -171,6 +175,7 @@ pub fn decode_timer(body: &str) -> Result<TimerMessage, EnvelopeError> {
     Ok(TimerMessage {
         due_at_ms: wire.due_at_ms,
         token: wire.token,
+        issued: wire.issued,
         envelope: from_wire(wire.message)?,
     })
 }
@@ -209,6 +214,10 @@ mod tests {
             let t = TimerMessage {
                 due_at_ms: 99,
                 token: Some("t".into()),
+                issued: Issued {
+                    version: 4,
+                    index: 2,
+                },
                 envelope: e,
             };
             assert_eq!(decode_timer(&encode_timer(&t)), Ok(t));

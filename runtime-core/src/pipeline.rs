@@ -20,8 +20,12 @@ use crate::typename::Address;
 pub enum FailureKind {
     /// Another host committed to the address first: run it again now.
     Conflict,
-    /// A transient failure (function, store, transport): try again later.
+    /// The function failed and asked to be retried: try again later (a host may
+    /// dead-letter it after bounded tries).
     Retryable,
+    /// The store or transport failed, possibly after the commit landed: try again later,
+    /// never dead-letter (the re-send on redelivery is what completes the commit).
+    Unavailable,
     /// Behind a failed message of the same address: runs once that one is resolved.
     Blocked,
     /// Retrying cannot help (terminal function error, unknown type, too large):
@@ -128,7 +132,7 @@ pub async fn dispatch<S: StateStore, T: Transport>(
         Ok(loaded) => loaded,
         Err(e) => {
             let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
-            report.fail_all(ids, &e.to_string(), FailureKind::Retryable);
+            report.fail_all(ids, &e.to_string(), FailureKind::Unavailable);
             return report;
         }
     };
@@ -152,8 +156,24 @@ pub async fn dispatch<S: StateStore, T: Transport>(
             report.fail_all(
                 all_ids(&outcomes[i]),
                 &e.to_string(),
-                FailureKind::Retryable,
+                FailureKind::Unavailable,
             );
+            ok[i] = false;
+        }
+    }
+
+    // An outbox the transport can never deliver (an unknown egress, a body over the
+    // queue's limit) must fail before the commit, or it would block its address forever.
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let Some(commit) = outcome.commit.as_ref().filter(|_| ok[i]) else {
+            continue;
+        };
+        if let Some(e) = commit
+            .outbox()
+            .iter()
+            .find_map(|e| transport.check(e).err())
+        {
+            report.fail_all(all_ids(outcome), &e.to_string(), FailureKind::Poison);
             ok[i] = false;
         }
     }
@@ -180,7 +200,7 @@ pub async fn dispatch<S: StateStore, T: Transport>(
                         FailureKind::Conflict
                     }
                     CommitError::TooLarge(_) => FailureKind::Poison,
-                    CommitError::Store(_) => FailureKind::Retryable,
+                    CommitError::Store(_) => FailureKind::Unavailable,
                 };
                 report.fail_all(all_ids(&outcomes[i]), &e.to_string(), kind);
                 ok[i] = false;
@@ -194,7 +214,7 @@ pub async fn dispatch<S: StateStore, T: Transport>(
             report.fail_all(
                 all_ids(&outcomes[*i]),
                 &e.to_string(),
-                FailureKind::Retryable,
+                FailureKind::Unavailable,
             );
             ok[*i] = false;
         }

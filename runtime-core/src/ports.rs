@@ -51,6 +51,12 @@ pub struct TransportError(pub String);
 
 /// Executes outboxes: delivers messages, schedules and cancels delayed ones, emits egress.
 pub trait Transport: Send + Sync {
+    /// Whether `entry` can ever be delivered (checked before the commit that makes it).
+    fn check(&self, entry: &OutboxEntry) -> Result<(), TransportError> {
+        let _ = entry;
+        Ok(())
+    }
+
     /// Sends several outboxes (one per address); one result per outbox.
     fn send(
         &self,

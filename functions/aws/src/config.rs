@@ -1,0 +1,262 @@
+//! Configuration from the environment into a typed config. A missing or bad variable is
+//! a [`ConfigError`] naming it, at cold start; never a panic.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `STATEFUN_STATE_TABLE` | DynamoDB table of instance records | required |
+//! | `STATEFUN_INBOX_QUEUE_URL` | the FIFO inbox | required |
+//! | `STATEFUN_DELAY_QUEUE_URL` | the standard delay queue | required |
+//! | `STATEFUN_DLQ_URL` | the FIFO dead-letter queue poison goes to, with its reason | required |
+//! | `STATEFUN_EGRESS` | `typename=sqs:<queue url>` or `typename=sns:<topic arn>`, comma-separated | none |
+//! | `STATEFUN_INGRESS_ROUTES` | JSON list of SQS ingress routes ([`IngressRoute`]) | none |
+//! | `STATEFUN_MAX_RECEIVES` | receives of a failing message before it is dead-lettered | 5 |
+//! | `STATEFUN_CONFLICT_RETRIES` | re-runs of an address after a version conflict, per batch | 3 |
+//! | `STATEFUN_MAX_DELAY_HOP_SECONDS` | longest delay of one hop through the delay queue (SQS: ≤ 900) | 900 |
+//! | `STATEFUN_DEDUP_RETENTION_SECONDS` | how long dedup records are kept | 1,252,800 (14 d + 12 h) |
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use statefun_core::TypeName;
+
+/// A variable that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration variable {variable}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+/// Where an egress's records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressTarget {
+    Sqs { queue_url: String },
+    Sns { topic_arn: String },
+}
+
+/// How records of one ingress queue become messages.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRoute {
+    /// The source queue: its ARN (as in Lambda events) or its name.
+    pub queue: String,
+    /// `auto`: the body is a routable envelope `{"target": {"type", "id"}, "typename",
+    /// "value" | "value_base64"}`; otherwise the function type every record goes to.
+    pub target: String,
+    /// Where the id is: `{"pointer": "/json/pointer"}` into the JSON body, or
+    /// `{"attribute": "Name"}`, a message attribute. Not used with `auto`.
+    #[serde(default)]
+    pub id: Option<IdSource>,
+    /// The type name the body is delivered under (bytes unchanged). Not used with `auto`.
+    #[serde(default)]
+    pub typename: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum IdSource {
+    Pointer(String),
+    Attribute(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub table: String,
+    pub inbox_url: String,
+    pub delay_url: String,
+    pub dlq_url: String,
+    pub egress: BTreeMap<TypeName, EgressTarget>,
+    pub ingress_routes: Vec<IngressRoute>,
+    pub max_receives: u32,
+    pub conflict_retries: u32,
+    pub max_delay_hop: Duration,
+    pub dedup_retention: Duration,
+}
+
+fn required(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+) -> Result<String, ConfigError> {
+    lookup(variable)
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError {
+            variable,
+            reason: "is not set".into(),
+        })
+}
+
+fn number(
+    lookup: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match lookup(variable) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e| ConfigError {
+            variable,
+            reason: format!("{v:?} is not a whole number: {e}"),
+        }),
+    }
+}
+
+fn egress(spec: &str) -> Result<BTreeMap<TypeName, EgressTarget>, ConfigError> {
+    let bad = |reason: String| ConfigError {
+        variable: "STATEFUN_EGRESS",
+        reason,
+    };
+    let mut out = BTreeMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (name, target) = entry.split_once('=').ok_or_else(|| {
+            bad(format!(
+                "{entry:?}: expected typename=sqs:<url> or typename=sns:<arn>"
+            ))
+        })?;
+        let name = TypeName::parse(name.trim()).map_err(|e| bad(e.to_string()))?;
+        let target = match target.trim().split_once(':') {
+            Some(("sqs", url)) if !url.is_empty() => EgressTarget::Sqs {
+                queue_url: url.into(),
+            },
+            Some(("sns", arn)) if !arn.is_empty() => EgressTarget::Sns {
+                topic_arn: arn.into(),
+            },
+            _ => {
+                return Err(bad(format!(
+                    "{entry:?}: the target must start with sqs: or sns:"
+                )));
+            }
+        };
+        if out.insert(name.clone(), target).is_some() {
+            return Err(bad(format!("egress {name} is declared twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn routes(spec: &str) -> Result<Vec<IngressRoute>, ConfigError> {
+    let bad = |reason: String| ConfigError {
+        variable: "STATEFUN_INGRESS_ROUTES",
+        reason,
+    };
+    let routes: Vec<IngressRoute> = serde_json::from_str(spec).map_err(|e| bad(e.to_string()))?;
+    for (i, r) in routes.iter().enumerate() {
+        if r.target == "auto" {
+            continue;
+        }
+        TypeName::parse(r.target.as_str()).map_err(|e| bad(format!("route {i}: target: {e}")))?;
+        if r.id.is_none() {
+            return Err(bad(format!(
+                "route {i}: `id` is required unless target is \"auto\""
+            )));
+        }
+        let typename = r.typename.as_deref().ok_or_else(|| {
+            bad(format!(
+                "route {i}: `typename` is required unless target is \"auto\""
+            ))
+        })?;
+        TypeName::parse(typename).map_err(|e| bad(format!("route {i}: typename: {e}")))?;
+    }
+    Ok(routes)
+}
+
+impl AwsConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup` (tests pass a map; nothing mutates the process
+    /// environment).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let max_delay_hop = number(&lookup, "STATEFUN_MAX_DELAY_HOP_SECONDS", 900)?;
+        if !(1..=900).contains(&max_delay_hop) {
+            return Err(ConfigError {
+                variable: "STATEFUN_MAX_DELAY_HOP_SECONDS",
+                reason: format!("{max_delay_hop} is outside SQS's 1 to 900 seconds"),
+            });
+        }
+        Ok(AwsConfig {
+            table: required(&lookup, "STATEFUN_STATE_TABLE")?,
+            inbox_url: required(&lookup, "STATEFUN_INBOX_QUEUE_URL")?,
+            delay_url: required(&lookup, "STATEFUN_DELAY_QUEUE_URL")?,
+            dlq_url: required(&lookup, "STATEFUN_DLQ_URL")?,
+            egress: egress(&lookup("STATEFUN_EGRESS").unwrap_or_default())?,
+            ingress_routes: match lookup("STATEFUN_INGRESS_ROUTES") {
+                Some(spec) if !spec.trim().is_empty() => routes(&spec)?,
+                _ => Vec::new(),
+            },
+            max_receives: number(&lookup, "STATEFUN_MAX_RECEIVES", 5)?.clamp(1, 1000) as u32,
+            conflict_retries: number(&lookup, "STATEFUN_CONFLICT_RETRIES", 3)?.min(100) as u32,
+            max_delay_hop: Duration::from_secs(max_delay_hop),
+            dedup_retention: Duration::from_secs(number(
+                &lookup,
+                "STATEFUN_DEDUP_RETENTION_SECONDS",
+                1_252_800,
+            )?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(extra: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let mut map: HashMap<String, String> = [
+            ("STATEFUN_STATE_TABLE", "t"),
+            ("STATEFUN_INBOX_QUEUE_URL", "http://q/inbox.fifo"),
+            ("STATEFUN_DELAY_QUEUE_URL", "http://q/delay"),
+            ("STATEFUN_DLQ_URL", "http://q/dlq.fifo"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            map.insert(k.to_string(), v.to_string());
+        }
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults_and_egress_parse() {
+        let c = AwsConfig::from_lookup(vars(&[(
+            "STATEFUN_EGRESS",
+            "example/greets=sqs:http://q/greets, example/alerts=sns:arn:aws:sns:us-east-1:1:alerts",
+        )]))
+        .expect("valid");
+        assert_eq!(c.max_receives, 5);
+        assert_eq!(c.max_delay_hop, Duration::from_secs(900));
+        assert_eq!(
+            c.egress[&TypeName::from_static("example/alerts")],
+            EgressTarget::Sns {
+                topic_arn: "arn:aws:sns:us-east-1:1:alerts".into()
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let base = vars(&[]);
+        let missing =
+            AwsConfig::from_lookup(|n: &str| base(n).filter(|_| n != "STATEFUN_STATE_TABLE"));
+        assert_eq!(missing.unwrap_err().variable, "STATEFUN_STATE_TABLE");
+        let bad = AwsConfig::from_lookup(vars(&[("STATEFUN_MAX_RECEIVES", "five")])).unwrap_err();
+        assert_eq!(bad.variable, "STATEFUN_MAX_RECEIVES");
+        let hop =
+            AwsConfig::from_lookup(vars(&[("STATEFUN_MAX_DELAY_HOP_SECONDS", "901")])).unwrap_err();
+        assert!(hop.reason.contains("900"), "{hop}");
+        let egress =
+            AwsConfig::from_lookup(vars(&[("STATEFUN_EGRESS", "example/x=ftp:y")])).unwrap_err();
+        assert!(egress.to_string().contains("STATEFUN_EGRESS"), "{egress}");
+        let route = AwsConfig::from_lookup(vars(&[(
+            "STATEFUN_INGRESS_ROUTES",
+            r#"[{"queue":"q","target":"example/person","typename":"example/GreetRequest"}]"#,
+        )]))
+        .unwrap_err();
+        assert!(
+            route.reason.contains("route 0: `id` is required"),
+            "{route}"
+        );
+    }
+}

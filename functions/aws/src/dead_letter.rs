@@ -1,0 +1,81 @@
+//! The dead-letter queue: poison leaves the inbox for it, body unchanged, with the
+//! reason and the handler as message attributes.
+
+use std::sync::Arc;
+
+use aws_sdk_sqs::types::MessageAttributeValue;
+use statefun_core::ports::TransportError;
+use tracing::error;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    metrics: Arc<Metrics>,
+}
+
+fn attribute(value: &str) -> MessageAttributeValue {
+    // Attribute values must not be empty; the builder only fails without a data type.
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(if value.is_empty() { "-" } else { value })
+        .build()
+        .expect("data type is set")
+}
+
+impl DeadLetters {
+    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: String, metrics: Arc<Metrics>) -> Self {
+        DeadLetters {
+            sqs,
+            queue_url,
+            metrics,
+        }
+    }
+
+    /// Moves one record to the DLQ. `group` keeps the DLQ's order per source group;
+    /// `record_id` (the SQS message id) makes a repeated move land once.
+    pub async fn send(
+        &self,
+        handler: &str,
+        body: &str,
+        group: &str,
+        record_id: &str,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        error!(handler, record_id, group, reason, "dead-lettering");
+        let fifo = self.queue_url.ends_with(".fifo");
+        self.metrics.request("SendMessage");
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(if body.is_empty() { "-" } else { body })
+            .set_message_group_id(fifo.then(|| crate::keys::dedup_id(group)))
+            .set_message_deduplication_id(fifo.then(|| crate::keys::dedup_id(record_id)))
+            .message_attributes("Reason", attribute(&truncate(reason, 1024)))
+            .message_attributes("Handler", attribute(handler))
+            .message_attributes("SourceGroup", attribute(group))
+            .send()
+            .await
+            .map_err(|e| {
+                TransportError(format!(
+                    "DLQ SendMessage: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                ))
+            })?;
+        Ok(())
+    }
+}
+
+/// A reason shortened for an attribute (the full one is in the log line).
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

@@ -1,0 +1,251 @@
+//! The dispatcher Lambda: an SQS batch from the FIFO inbox in, `batchItemFailures` out.
+//!
+//! Group by address, load, invoke, commit, send — the core's pipeline over DynamoDB and
+//! SQS. Then, per address, by its first failed message:
+//! - version conflict: run the address again now (bounded), then report it;
+//! - poison (undecodable, unknown type, terminal error, too large), or a function that
+//!   keeps asking to be retried past `max_receives`: move it to the DLQ with the reason
+//!   and run the messages behind it;
+//! - otherwise (store or transport unavailable, a function retry): report it and every
+//!   later message of its address (= its FIFO group) as failed, so SQS redelivers them
+//!   in order. Store and transport failures are never dead-lettered: the commit may have
+//!   landed, and the redelivery is what re-sends its outbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use statefun_core::pipeline::{FailedMessage, FailureKind, dispatch, group_by_address};
+use statefun_core::ports::Clock;
+use statefun_core::{BatchConfig, Envelope, MessageId, Registry, envelope};
+use tracing::{info, warn};
+
+use crate::dead_letter::DeadLetters;
+use crate::dynamo::DynamoStore;
+use crate::metrics::{Metrics, Snapshot};
+use crate::transport::SqsTransport;
+
+/// A record of the batch and its decoded envelope.
+struct Received {
+    record_id: String,
+    receives: u32,
+    body: String,
+    envelope: Envelope,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatcherSettings {
+    pub batch: BatchConfig,
+    pub max_receives: u32,
+    pub conflict_retries: u32,
+}
+
+pub struct Dispatcher {
+    registry: Arc<Registry>,
+    store: DynamoStore,
+    transport: SqsTransport,
+    dead_letters: DeadLetters,
+    settings: DispatcherSettings,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    totals: Mutex<Snapshot>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+fn failure(record_id: &str) -> BatchItemFailure {
+    let mut f = BatchItemFailure::default();
+    f.item_identifier = record_id.to_string();
+    f
+}
+
+impl Dispatcher {
+    pub fn new(
+        registry: Arc<Registry>,
+        store: DynamoStore,
+        transport: SqsTransport,
+        dead_letters: DeadLetters,
+        settings: DispatcherSettings,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Dispatcher {
+            registry,
+            store,
+            transport,
+            dead_letters,
+            settings,
+            clock,
+            metrics,
+            totals: Mutex::default(),
+        }
+    }
+
+    /// Everything counted since start (for benchmarks).
+    pub fn totals(&self) -> Snapshot {
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Handles one SQS event.
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let records = event.records.len();
+        let mut failed: Vec<String> = Vec::new();
+        let mut received: Vec<Received> = Vec::new();
+        for record in event.records {
+            let record_id = record.message_id.unwrap_or_default();
+            let body = record.body.unwrap_or_default();
+            let receives = record
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            match envelope::decode(&body) {
+                Ok(envelope) => received.push(Received {
+                    record_id,
+                    receives,
+                    body,
+                    envelope,
+                }),
+                Err(e) => {
+                    let group = record
+                        .attributes
+                        .get("MessageGroupId")
+                        .cloned()
+                        .unwrap_or_else(|| "undecodable".into());
+                    let sent = self
+                        .dead_letters
+                        .send("dispatcher", &body, &group, &record_id, &e.to_string())
+                        .await;
+                    if sent.is_err() {
+                        failed.push(record_id);
+                    }
+                }
+            }
+        }
+        failed.extend(self.run(&received).await);
+
+        let snapshot = self.metrics.take();
+        println!(
+            "{}",
+            snapshot.emf("dispatcher", records, self.clock.now_ms())
+        );
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&snapshot);
+        let mut response = SqsBatchResponse::default();
+        response.batch_item_failures = failed.iter().map(|id| failure(id)).collect();
+        response
+    }
+
+    /// Runs the decoded records; returns the record ids to report as failed.
+    async fn run(&self, received: &[Received]) -> Vec<String> {
+        let records_of = |id: &MessageId| -> Vec<usize> {
+            (0..received.len())
+                .filter(|&i| &received[i].envelope.id == id)
+                .collect()
+        };
+        let mut failed = Vec::new();
+        let mut pending: Vec<usize> = (0..received.len()).collect();
+        for round in 0..=self.settings.conflict_retries {
+            if pending.is_empty() {
+                break;
+            }
+            let batch: Vec<Envelope> = pending
+                .iter()
+                .map(|&i| received[i].envelope.clone())
+                .collect();
+            let report = dispatch(
+                &self.registry,
+                &self.store,
+                &self.transport,
+                &self.settings.batch,
+                self.clock.now_ms(),
+                batch,
+            )
+            .await;
+            let verdicts: HashMap<MessageId, FailedMessage> = report
+                .failed
+                .into_iter()
+                .map(|f| (f.id.clone(), f))
+                .collect();
+            let unsettled: Vec<Envelope> = pending
+                .iter()
+                .map(|&i| &received[i].envelope)
+                .filter(|e| verdicts.contains_key(&e.id))
+                .cloned()
+                .collect();
+            let mut next = Vec::new();
+            for (address, messages) in group_by_address(unsettled) {
+                let Some(head) = messages.first().and_then(|m| verdicts.get(&m.id)) else {
+                    continue;
+                };
+                let records: Vec<usize> = messages.iter().flat_map(|m| records_of(&m.id)).collect();
+                let last_round = round == self.settings.conflict_retries;
+                let head_record = &received[records[0]];
+                let give_up = head.kind == FailureKind::Retryable
+                    && head_record.receives >= self.settings.max_receives;
+                match head.kind {
+                    FailureKind::Conflict if !last_round => {
+                        info!(%address, "version conflict; running the address again");
+                        next.extend(records);
+                    }
+                    FailureKind::Poison | FailureKind::Retryable
+                        if head.kind == FailureKind::Poison || give_up =>
+                    {
+                        let reason = if give_up {
+                            format!(
+                                "gave up after {} receives: {}",
+                                head_record.receives, head.reason
+                            )
+                        } else {
+                            head.reason.clone()
+                        };
+                        let group = crate::keys::group_id(&address);
+                        let head_records = records_of(&head.id);
+                        let mut moved = true;
+                        for &r in &head_records {
+                            let rec = &received[r];
+                            moved &= self
+                                .dead_letters
+                                .send("dispatcher", &rec.body, &group, &rec.record_id, &reason)
+                                .await
+                                .is_ok();
+                        }
+                        let rest = records.into_iter().filter(|r| !head_records.contains(r));
+                        if moved {
+                            next.extend(rest);
+                        } else {
+                            failed.extend(
+                                head_records
+                                    .iter()
+                                    .chain(rest.collect::<Vec<_>>().iter())
+                                    .map(|&r| received[r].record_id.clone()),
+                            );
+                        }
+                    }
+                    _ => {
+                        warn!(%address, message_id = %head.id, reason = %head.reason, "failed; SQS will redeliver");
+                        failed.extend(records.iter().map(|&r| received[r].record_id.clone()));
+                    }
+                }
+            }
+            next.sort_unstable();
+            next.dedup();
+            pending = next;
+        }
+        failed.extend(pending.iter().map(|&r| received[r].record_id.clone()));
+        failed.sort_unstable();
+        failed.dedup();
+        failed
+    }
+}

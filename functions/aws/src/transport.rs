@@ -1,0 +1,468 @@
+//! The SQS/SNS transport: executes outboxes with as few requests as the limits allow.
+//!
+//! - messages → the FIFO inbox, `MessageGroupId` = the target address,
+//!   `MessageDeduplicationId` = the message id, body = the versioned envelope;
+//! - delayed messages → the standard delay queue with `DelaySeconds` = the remaining
+//!   delay capped at the hop limit (the timer forwarder re-hops longer ones);
+//! - cancellations → a conditional write of a cancellation record the timer forwarder
+//!   reads (only a later cancellation replaces an earlier one);
+//! - egress → its SQS queue or SNS topic, the record as JSON with its stable id.
+//!
+//! Entries for one destination are sent together: `SendMessageBatch`/`PublishBatch`
+//! of at most 10 entries and 256 KiB; entries that fail are retried, and an outbox
+//! fails only if one of its entries still fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sns::types::PublishBatchRequestEntry;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use statefun_core::envelope::{self, TimerMessage};
+use statefun_core::ports::{Clock, Transport, TransportError};
+use statefun_core::{EgressRecord, Envelope, Issued, OutboxEntry, TypeName, view};
+
+use crate::config::EgressTarget;
+use crate::keys::{cancel_key, dedup_id, group_id, message_dedup_id};
+use crate::metrics::Metrics;
+
+/// SQS's limit for one message and for one batch request.
+pub const MAX_SQS_BYTES: usize = 256 * 1024;
+const MAX_ENTRIES: usize = 10;
+const ATTEMPTS: u32 = 3;
+/// How long a cancellation is honoured: delayed messages may hop for this long.
+const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// AWS clients and where things go.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub sqs: aws_sdk_sqs::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+}
+
+#[derive(Clone)]
+pub struct SqsTransport {
+    clients: Clients,
+    table: String,
+    inbox_url: String,
+    delay_url: String,
+    egress: BTreeMap<TypeName, EgressTarget>,
+    max_hop: Duration,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for SqsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqsTransport")
+            .field("inbox_url", &self.inbox_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Destination {
+    Queue(String),
+    Topic(String),
+}
+
+/// One message to send, remembering which outbox it belongs to.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    outbox: usize,
+    body: String,
+    group: Option<String>,
+    dedup: Option<String>,
+    delay_seconds: Option<i32>,
+}
+
+fn is_fifo(destination: &str) -> bool {
+    destination.ends_with(".fifo")
+}
+
+fn sdk_error(what: &str, e: impl std::error::Error) -> String {
+    format!("{what}: {}", DisplayErrorContext(e))
+}
+
+impl SqsTransport {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        clients: Clients,
+        table: String,
+        inbox_url: String,
+        delay_url: String,
+        egress: BTreeMap<TypeName, EgressTarget>,
+        max_hop: Duration,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        SqsTransport {
+            clients,
+            table,
+            inbox_url,
+            delay_url,
+            egress,
+            max_hop,
+            clock,
+            metrics,
+        }
+    }
+
+    /// The delay of the next hop toward `due_at_ms`, in whole seconds, never early.
+    pub fn hop_seconds(&self, due_at_ms: u64) -> i32 {
+        let remaining_ms = due_at_ms.saturating_sub(self.clock.now_ms());
+        let secs = remaining_ms.div_ceil(1000).min(self.max_hop.as_secs());
+        secs as i32
+    }
+
+    /// A message for the inbox.
+    fn inbox_message(outbox: usize, e: &Envelope) -> Outgoing {
+        Outgoing {
+            outbox,
+            body: envelope::encode(e),
+            group: Some(group_id(&e.target)),
+            dedup: Some(message_dedup_id(&e.id)),
+            delay_seconds: None,
+        }
+    }
+
+    fn timer_message(&self, outbox: usize, timer: &TimerMessage) -> Outgoing {
+        Outgoing {
+            outbox,
+            body: envelope::encode_timer(timer),
+            group: None,
+            dedup: None,
+            delay_seconds: Some(self.hop_seconds(timer.due_at_ms)),
+        }
+    }
+
+    fn egress_message(
+        &self,
+        outbox: usize,
+        record: &EgressRecord,
+    ) -> Result<(Destination, Outgoing), TransportError> {
+        let target = self.egress.get(&record.egress).ok_or_else(|| {
+            TransportError(format!(
+                "no egress named {} is configured (STATEFUN_EGRESS)",
+                record.egress
+            ))
+        })?;
+        let destination = match target {
+            EgressTarget::Sqs { queue_url } => Destination::Queue(queue_url.clone()),
+            EgressTarget::Sns { topic_arn } => Destination::Topic(topic_arn.clone()),
+        };
+        let name = match &destination {
+            Destination::Queue(d) | Destination::Topic(d) => d,
+        };
+        let fifo = is_fifo(name);
+        Ok((
+            destination,
+            Outgoing {
+                outbox,
+                body: view::egress_json(record).to_string(),
+                group: fifo.then(|| record.egress.to_string()),
+                dedup: fifo.then(|| dedup_id(&record.id)),
+                delay_seconds: None,
+            },
+        ))
+    }
+
+    /// Sends messages to the inbox (the timer forwarder and the ingress use this too);
+    /// returns, per message, the error if it could not be sent.
+    pub async fn send_to_inbox(&self, envelopes: &[Envelope]) -> Vec<Option<String>> {
+        let messages = envelopes
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Self::inbox_message(i, e))
+            .collect();
+        let mut errors = vec![None; envelopes.len()];
+        self.send_batches(
+            &Destination::Queue(self.inbox_url.clone()),
+            messages,
+            &mut errors,
+        )
+        .await;
+        errors
+    }
+
+    /// Sends a timer message to the delay queue (first hop or re-hop).
+    pub async fn send_to_delay(&self, timers: &[TimerMessage]) -> Vec<Option<String>> {
+        let messages = timers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| self.timer_message(i, t))
+            .collect();
+        let mut errors = vec![None; timers.len()];
+        self.send_batches(
+            &Destination::Queue(self.delay_url.clone()),
+            messages,
+            &mut errors,
+        )
+        .await;
+        errors
+    }
+
+    async fn send_batches(
+        &self,
+        destination: &Destination,
+        messages: Vec<Outgoing>,
+        errors: &mut [Option<String>],
+    ) {
+        let mut batch: Vec<Outgoing> = Vec::new();
+        let mut bytes = 0;
+        for m in messages {
+            if batch.len() == MAX_ENTRIES || bytes + m.body.len() > MAX_SQS_BYTES {
+                self.send_batch(destination, std::mem::take(&mut batch), errors)
+                    .await;
+                bytes = 0;
+            }
+            bytes += m.body.len();
+            batch.push(m);
+        }
+        if !batch.is_empty() {
+            self.send_batch(destination, batch, errors).await;
+        }
+    }
+
+    /// One batch request, retrying the entries that failed; the entries that still fail
+    /// mark their outbox failed.
+    async fn send_batch(
+        &self,
+        destination: &Destination,
+        batch: Vec<Outgoing>,
+        errors: &mut [Option<String>],
+    ) {
+        let mut remaining: Vec<(usize, Outgoing)> = batch.into_iter().enumerate().collect();
+        let mut last_errors: HashMap<usize, String> = HashMap::new();
+        for attempt in 0..ATTEMPTS {
+            if remaining.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                self.metrics.retry();
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            let bytes: usize = remaining.iter().map(|(_, m)| m.body.len()).sum();
+            self.metrics.bytes(bytes);
+            let result = match destination {
+                Destination::Queue(url) => self.sqs_batch(url, &remaining).await,
+                Destination::Topic(arn) => self.sns_batch(arn, &remaining).await,
+            };
+            last_errors = match result {
+                Ok(failed) => failed
+                    .into_iter()
+                    .filter_map(|(id, reason)| id.parse().ok().map(|i| (i, reason)))
+                    .collect(),
+                Err(e) => remaining.iter().map(|(i, _)| (*i, e.clone())).collect(),
+            };
+            remaining.retain(|(i, _)| last_errors.contains_key(i));
+        }
+        for (i, m) in &remaining {
+            errors[m.outbox] = last_errors.remove(i);
+        }
+    }
+
+    async fn sqs_batch(
+        &self,
+        url: &str,
+        entries: &[(usize, Outgoing)],
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut request = self.clients.sqs.send_message_batch().queue_url(url);
+        for (i, m) in entries {
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&m.body)
+                .set_message_group_id(m.group.clone())
+                .set_message_deduplication_id(m.dedup.clone())
+                .set_delay_seconds(m.delay_seconds)
+                .build()
+                .map_err(|e| e.to_string())?;
+            request = request.entries(entry);
+        }
+        self.metrics.request("SendMessageBatch");
+        let out = request
+            .send()
+            .await
+            .map_err(|e| sdk_error("SendMessageBatch", e))?;
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| {
+                (
+                    f.id().to_string(),
+                    format!(
+                        "entry {}: {} {}",
+                        f.id(),
+                        f.code(),
+                        f.message().unwrap_or("")
+                    ),
+                )
+            })
+            .collect())
+    }
+
+    async fn sns_batch(
+        &self,
+        arn: &str,
+        entries: &[(usize, Outgoing)],
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut request = self.clients.sns.publish_batch().topic_arn(arn);
+        for (i, m) in entries {
+            let entry = PublishBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message(&m.body)
+                .set_message_group_id(m.group.clone())
+                .set_message_deduplication_id(m.dedup.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
+            request = request.publish_batch_request_entries(entry);
+        }
+        self.metrics.request("PublishBatch");
+        let out = request
+            .send()
+            .await
+            .map_err(|e| sdk_error("PublishBatch", e))?;
+        Ok(out
+            .failed()
+            .iter()
+            .map(|f| {
+                (
+                    f.id().to_string(),
+                    format!(
+                        "entry {}: {} {}",
+                        f.id(),
+                        f.code(),
+                        f.message().unwrap_or("")
+                    ),
+                )
+            })
+            .collect())
+    }
+
+    /// Records a cancellation unless a later one is there already.
+    async fn cancel(
+        &self,
+        sender: &statefun_core::Address,
+        token: &str,
+        issued: Issued,
+    ) -> Result<(), String> {
+        let ttl = (self.clock.now_ms() / 1000) + CANCEL_RECORD_TTL.as_secs();
+        self.metrics.request("PutItem");
+        let out = self
+            .clients
+            .dynamodb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", AttributeValue::S(cancel_key(sender, token)))
+            .item("cv", AttributeValue::N(issued.version.to_string()))
+            .item("ci", AttributeValue::N(issued.index.to_string()))
+            .item("ttl", AttributeValue::N(ttl.to_string()))
+            .condition_expression("attribute_not_exists(pk) OR cv < :v OR (cv = :v AND ci < :i)")
+            .expression_attribute_values(":v", AttributeValue::N(issued.version.to_string()))
+            .expression_attribute_values(":i", AttributeValue::N(issued.index.to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("PutItem (cancellation)", e)),
+        }
+    }
+}
+
+impl Transport for SqsTransport {
+    fn check(&self, entry: &OutboxEntry) -> Result<(), TransportError> {
+        let size = match entry {
+            OutboxEntry::Send(e) => envelope::encode(e).len(),
+            OutboxEntry::SendAfter {
+                envelope,
+                due_at_ms,
+                cancellation_token,
+                issued,
+            } => envelope::encode_timer(&TimerMessage {
+                due_at_ms: *due_at_ms,
+                token: cancellation_token.clone(),
+                issued: *issued,
+                envelope: envelope.clone(),
+            })
+            .len(),
+            OutboxEntry::Egress(record) => self.egress_message(0, record)?.1.body.len(),
+            OutboxEntry::Cancel { .. } => 0,
+        };
+        if size > MAX_SQS_BYTES {
+            return Err(TransportError(format!(
+                "{entry_kind} is {size} bytes as an SQS message, over SQS's {MAX_SQS_BYTES}",
+                entry_kind = match entry {
+                    OutboxEntry::Egress(r) => format!("egress record {}", r.id),
+                    OutboxEntry::Send(e) | OutboxEntry::SendAfter { envelope: e, .. } => {
+                        format!("message {} to {}", e.id, e.target)
+                    }
+                    OutboxEntry::Cancel { .. } => "cancellation".into(),
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    async fn send(&self, outboxes: &[&[OutboxEntry]]) -> Vec<Result<(), TransportError>> {
+        let mut errors: Vec<Option<String>> = vec![None; outboxes.len()];
+        let mut by_destination: BTreeMap<Destination, Vec<Outgoing>> = BTreeMap::new();
+        let mut cancels = Vec::new();
+        for (o, outbox) in outboxes.iter().enumerate() {
+            for entry in outbox.iter() {
+                match entry {
+                    OutboxEntry::Send(e) => by_destination
+                        .entry(Destination::Queue(self.inbox_url.clone()))
+                        .or_default()
+                        .push(Self::inbox_message(o, e)),
+                    OutboxEntry::SendAfter {
+                        envelope,
+                        due_at_ms,
+                        cancellation_token,
+                        issued,
+                    } => {
+                        let timer = TimerMessage {
+                            due_at_ms: *due_at_ms,
+                            token: cancellation_token.clone(),
+                            issued: *issued,
+                            envelope: envelope.clone(),
+                        };
+                        by_destination
+                            .entry(Destination::Queue(self.delay_url.clone()))
+                            .or_default()
+                            .push(self.timer_message(o, &timer));
+                    }
+                    OutboxEntry::Cancel {
+                        sender,
+                        token,
+                        issued,
+                    } => cancels.push((o, sender, token, *issued)),
+                    OutboxEntry::Egress(record) => match self.egress_message(o, record) {
+                        Ok((d, m)) => by_destination.entry(d).or_default().push(m),
+                        Err(e) => errors[o] = Some(e.0),
+                    },
+                }
+            }
+        }
+        for (destination, messages) in by_destination {
+            self.send_batches(&destination, messages, &mut errors).await;
+        }
+        for (o, sender, token, issued) in cancels {
+            if let Err(e) = self.cancel(sender, token, issued).await {
+                errors[o] = Some(e);
+            }
+        }
+        errors
+            .into_iter()
+            .map(|e| e.map_or(Ok(()), |e| Err(TransportError(e))))
+            .collect()
+    }
+}
