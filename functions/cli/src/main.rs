@@ -36,6 +36,72 @@ enum Command {
     /// Run the embedded runtime with the bundled examples: durable state in --data-dir,
     /// HTTP ingress on 127.0.0.1:--port, egress as JSON lines on stdout.
     Run(RunArgs),
+    /// Create the state table and queues of a deployment prefix (as the template
+    /// declares them) and print the Lambdas' environment.
+    Provision(ProvisionArgs),
+    /// Play Lambda's SQS event sources: long-poll the inbox, delay and ingress queues
+    /// and run the same handlers in-process until Ctrl-C.
+    Poll(PollArgs),
+    /// Enqueue a message for an address.
+    Send(SendArgs),
+    /// Print an address's state as JSON (the embedded runtime's GET shape).
+    State(StateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct AwsArgs {
+    /// Resource name prefix: <prefix>-state, <prefix>-inbox.fifo, <prefix>-delay, …
+    #[arg(long, env = "STATEFUN_PREFIX", default_value = "statefun")]
+    prefix: String,
+    /// Endpoint of an emulator (moto server, DynamoDB Local, LocalStack); unset: AWS.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    endpoint_url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProvisionArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// Visibility timeout of the inbox and delay queue, in seconds.
+    #[arg(long, default_value_t = 30)]
+    visibility_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct PollArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// Names of ingress queues to poll through the SQS ingress handler
+    /// (routes: STATEFUN_INGRESS_ROUTES).
+    #[arg(long = "ingress-queue")]
+    ingress_queues: Vec<String>,
+    /// Long-poll wait, in seconds.
+    #[arg(long, default_value_t = 10)]
+    wait: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// The function type, namespace/type.
+    function_type: String,
+    id: String,
+    /// The value's type name; built-in types take their plain text form.
+    #[arg(long = "type", default_value = "io.statefun.types/string")]
+    typename: String,
+    value: String,
+    /// A key that makes the message id stable: sending twice applies once.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    function_type: String,
+    id: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,11 +193,145 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn aws_clients(args: &AwsArgs) -> statefun_aws::transport::Clients {
+    // Emulators accept any credentials; default them when none are configured.
+    let emulator = args.endpoint_url.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
+    let sdk = statefun_aws::app::sdk_config(args.endpoint_url.as_deref(), emulator).await;
+    statefun_aws::app::clients(&sdk)
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+    let clients = aws_clients(&args.aws).await;
+    let settings = statefun_aws::local::QueueSettings {
+        visibility_timeout: Duration::from_secs(args.visibility_timeout),
+        ..Default::default()
+    };
+    let config =
+        statefun_aws::local::provision(&clients, &args.aws.prefix, settings, env_var).await?;
+    println!("export STATEFUN_STATE_TABLE={}", config.table);
+    println!("export STATEFUN_INBOX_QUEUE_URL={}", config.inbox_url);
+    println!("export STATEFUN_DELAY_QUEUE_URL={}", config.delay_url);
+    println!("export STATEFUN_DLQ_URL={}", config.dlq_url);
+    Ok(())
+}
+
+async fn poll(args: PollArgs) -> anyhow::Result<()> {
+    let clients = aws_clients(&args.aws).await;
+    let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
+    let registry = statefun_examples::registry(ExamplesConfig::default())?;
+    let handlers = std::sync::Arc::new(statefun_aws::app::Handlers::new(
+        &config,
+        &clients,
+        std::sync::Arc::new(registry),
+        std::sync::Arc::new(statefun_core::ports::SystemClock),
+    ));
+    let mut queues = vec![
+        ("dispatcher", config.inbox_url.clone()),
+        ("timer-forwarder", config.delay_url.clone()),
+    ];
+    for name in &args.ingress_queues {
+        let url = clients.sqs.get_queue_url().queue_name(name).send().await?;
+        queues.push((
+            "sqs-ingress",
+            url.queue_url().unwrap_or_default().to_string(),
+        ));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (handler, url) in queues {
+        let mut poller =
+            statefun_aws::local::Poller::new(clients.clone(), Duration::from_secs(args.wait));
+        let handlers = handlers.clone();
+        info!(handler, queue = %url, "polling");
+        tasks.spawn(async move {
+            loop {
+                let h = handlers.clone();
+                let polled = poller
+                    .poll_once(&url, |event| async move {
+                        match handler {
+                            "dispatcher" => h.dispatcher.handle(event).await,
+                            "timer-forwarder" => h.forwarder.handle(event).await,
+                            _ => h.ingress.handle(event).await,
+                        }
+                    })
+                    .await;
+                if let Err(e) = polled {
+                    tracing::warn!(handler, error = %e, "poll failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+    shutdown_signal().await;
+    tasks.shutdown().await;
+    Ok(())
+}
+
+fn address(function_type: &str, id: &str) -> anyhow::Result<statefun_core::Address> {
+    let t = statefun_core::TypeName::parse(function_type)?;
+    anyhow::ensure!(!id.is_empty(), "the id must not be empty");
+    Ok(statefun_core::Address::new(t, id))
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let clients = aws_clients(&args.aws).await;
+    let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
+    let target = address(&args.function_type, &args.id)?;
+    anyhow::ensure!(
+        statefun_examples::registry(ExamplesConfig::default())?.contains(&target.function_type),
+        "no function is registered for type {}",
+        target.function_type
+    );
+    let typename = statefun_core::TypeName::parse(args.typename)?;
+    let value = match statefun_core::builtin::from_text(&typename, &args.value) {
+        Some(parsed) => parsed.map_err(anyhow::Error::msg)?,
+        None => statefun_core::TypedValue::from_bytes(typename, args.value.into_bytes()),
+    };
+    let key = args.key.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{nanos:x}-{}", std::process::id())
+    });
+    let envelope = statefun_core::Envelope {
+        id: statefun_core::MessageId::Keyed(format!("cli:{key}")),
+        target,
+        caller: None,
+        value,
+    };
+    statefun_aws::local::send(&clients, &config, &envelope).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "message_id": envelope.id.to_string() })
+    );
+    Ok(())
+}
+
+async fn state(args: StateArgs) -> anyhow::Result<()> {
+    use statefun_core::ports::Clock;
+    let clients = aws_clients(&args.aws).await;
+    let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
+    let target = address(&args.function_type, &args.id)?;
+    let now = statefun_core::ports::SystemClock.now_ms();
+    println!(
+        "{}",
+        statefun_aws::local::state(&clients, &config, &target, now).await?
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => run(args).await,
+        Command::Provision(args) => provision(args).await,
+        Command::Poll(args) => poll(args).await,
+        Command::Send(args) => send(args).await,
+        Command::State(args) => state(args).await,
     }
 }

@@ -1,0 +1,3 @@
+//! Shared pieces of the `statefun-lambda` binaries.
+
+pub mod lambda;
