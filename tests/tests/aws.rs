@@ -46,3 +46,603 @@ async fn greeter_end_to_end_with_sqs_egress() {
         .collect();
     assert_eq!(values, vec!["Hello Bob! 😎", "Hello again Bob! 🤗"]);
 }
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use statefun_aws::dynamo::DynamoStore;
+use statefun_aws::metrics::Metrics;
+use statefun_core::pipeline::{FailureKind, dispatch};
+use statefun_core::ports::{Clock, SystemClock, Transport, TransportError};
+use statefun_core::{
+    Envelope, FunctionError, MessageId, OutboxEntry, Registry, TypeName, ValueSpec, envelope,
+};
+use statefun_examples::cart::{BASKET, BASKET_EVENTS, BasketRequest, INVENTORY, InventoryRequest};
+use statefun_examples::counter::COUNTER;
+
+const N: ValueSpec<i64> = ValueSpec::new("n");
+const BIG: ValueSpec<String> = ValueSpec::new("big");
+
+/// The examples plus functions that misbehave on purpose:
+/// `test/flaky`: "fail" asks to be retried, anything else counts in `n`;
+/// `test/terminal`: always fails terminally; `test/big`: stores a string of the given
+/// length; `test/timer`: "later:<ms>:<token>" sends +1 to `example/counter/<id>` after
+/// the delay, "cancel:<token>" cancels it.
+fn registry() -> Registry {
+    let mut r = examples();
+    r.register_fn("test/flaky", vec![N.spec()], |ctx, msg| {
+        if msg.decode::<String>()? == "fail" {
+            return Err(FunctionError::retryable("flaky on purpose"));
+        }
+        let n = ctx.get(&N)?.unwrap_or(0) + 1;
+        ctx.set(&N, &n)
+    })
+    .expect("register");
+    r.register_fn("test/terminal", vec![], |_, _| {
+        Err(FunctionError::terminal("terminal on purpose"))
+    })
+    .expect("register");
+    r.register_fn("test/big", vec![BIG.spec()], |ctx, msg| {
+        let len: i64 = msg.decode()?;
+        ctx.set(&BIG, &"x".repeat(len as usize))
+    })
+    .expect("register");
+    r.register_fn("test/timer", vec![], |ctx, msg| {
+        let cmd: String = msg.decode()?;
+        let counter = Address::new(COUNTER, ctx.self_address().id.clone());
+        match cmd.split(':').collect::<Vec<_>>()[..] {
+            ["later", ms, token] => ctx.send_after_with_token(
+                Duration::from_millis(ms.parse().map_err(FunctionError::terminal)?),
+                counter,
+                &1i64,
+                token,
+            ),
+            ["cancel", token] => ctx.cancel_delayed_message(token),
+            _ => Err(FunctionError::terminal(format!("bad command {cmd}"))),
+        }
+    })
+    .expect("register");
+    r
+}
+
+fn at(t: &'static str, id: &str) -> Address {
+    Address::new(TypeName::from_static(t), id)
+}
+
+fn text(s: &str) -> TypedValue {
+    TypedValue::of(&s.to_string())
+}
+
+fn ingress(key: &str, target: Address, value: TypedValue) -> Envelope {
+    Envelope {
+        id: MessageId::Keyed(format!("test:{key}")),
+        target,
+        caller: None,
+        value,
+    }
+}
+
+/// An SQS event as Lambda would deliver it, for handlers called without a queue.
+fn event(envelopes: &[Envelope]) -> SqsEvent {
+    let records: Vec<serde_json::Value> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            serde_json::json!({
+                "messageId": format!("{}-{i}", e.id),
+                "receiptHandle": "-",
+                "body": envelope::encode(e),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "eventSource": "aws:sqs",
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "Records": records })).expect("event")
+}
+
+async fn count(aws: &Aws, address: &Address, cell: &str) -> i64 {
+    aws.state(address).await["state"][cell]["value"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_to_an_sns_topic() {
+    let moto_topic =
+        |aws: &Aws| format!("arn:aws:sns:us-east-1:123456789012:{}-greets", aws.prefix);
+    // The topic's ARN is known before provisioning; create topic and subscriber after.
+    let mut aws = Aws::start(examples(), &[], &["fanout"]).await;
+    let topic = aws
+        .clients
+        .sns
+        .create_topic()
+        .name(format!("{}-greets", aws.prefix))
+        .send()
+        .await
+        .expect("topic");
+    assert_eq!(topic.topic_arn(), Some(moto_topic(&aws).as_str()));
+    let fanout = aws.url_of("fanout");
+    let fanout_arn = statefun_aws::local::queue_arn(&aws.clients, &fanout)
+        .await
+        .expect("arn");
+    aws.clients
+        .sns
+        .subscribe()
+        .topic_arn(moto_topic(&aws))
+        .protocol("sqs")
+        .endpoint(fanout_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .expect("subscribe");
+    let mut config = aws.config.clone();
+    config.egress = [(
+        TypeName::from_static("example/greets"),
+        statefun_aws::config::EgressTarget::Sns {
+            topic_arn: moto_topic(&aws),
+        },
+    )]
+    .into();
+    aws.handlers = Arc::new(statefun_aws::app::Handlers::new(
+        &config,
+        &aws.clients,
+        Arc::new(examples()),
+        Arc::new(SystemClock),
+    ));
+    aws.send(Address::new(PERSON, "Ann"), greet("Ann"), "1")
+        .await;
+    aws.drain(Duration::from_millis(300)).await;
+    let got = aws.take_all(&fanout).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let record: serde_json::Value = serde_json::from_str(&got[0].0).expect("json");
+    assert_eq!(record["value"], "Hello Ann! 😎");
+    assert_eq!(
+        record["id"], "example/greeter/Ann@1.0",
+        "a stable id to dedup on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shopping_cart_with_delays_over_several_hops_and_cancel() {
+    let examples = statefun_examples::registry(statefun_examples::ExamplesConfig {
+        basket_idle: Duration::from_millis(2500),
+    })
+    .expect("registry");
+    let mut aws = Aws::start(
+        examples,
+        &[
+            ("STATEFUN_EGRESS", "example/basket-events=sqs:{events}"),
+            ("STATEFUN_MAX_DELAY_HOP_SECONDS", "1"),
+        ],
+        &["events"],
+    )
+    .await;
+    let socks = Address::new(INVENTORY, "socks");
+    let json = |v: &dyn Fn() -> TypedValue| v();
+    aws.send(
+        socks.clone(),
+        json(&|| TypedValue::of(&InventoryRequest::Restock { quantity: 10 })),
+        "r",
+    )
+    .await;
+    let add = |q| {
+        TypedValue::of(&BasketRequest::Add {
+            item: "socks".into(),
+            quantity: q,
+        })
+    };
+    let started = std::time::Instant::now();
+    aws.send(Address::new(BASKET, "idle"), add(3), "a1").await;
+    aws.send(Address::new(BASKET, "buyer"), add(2), "a2").await;
+    aws.send(
+        Address::new(BASKET, "buyer"),
+        TypedValue::of(&BasketRequest::Checkout),
+        "c",
+    )
+    .await;
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&aws, &socks, "stock").await,
+        5,
+        "both baskets reserved"
+    );
+    if started.elapsed() < Duration::from_millis(2400) {
+        // Nothing may have fired yet.
+        assert_eq!(count(&aws, &socks, "stock").await, 5);
+    }
+    while count(&aws, &socks, "stock").await != 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the idle basket never expired"
+        );
+        aws.drain(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "expired early"
+    );
+    aws.drain(Duration::from_millis(1500)).await;
+    assert_eq!(
+        count(&aws, &socks, "stock").await,
+        8,
+        "the checked-out basket's timer was cancelled"
+    );
+    let events: Vec<serde_json::Value> = aws
+        .take_all(&aws.url_of("events"))
+        .await
+        .iter()
+        .map(|(b, _)| serde_json::from_str(b).expect("json"))
+        .collect();
+    let kinds: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["value"]["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["checked_out", "expired"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    assert!(events.iter().all(|e| e["egress"] == BASKET_EVENTS.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_dispatchers_on_one_address_count_exactly() {
+    let aws = Aws::start(registry(), &[], &[]).await;
+    let hot = Address::new(COUNTER, "race");
+    let mut racers = tokio::task::JoinSet::new();
+    for lambda in 0..6 {
+        // Each racer is a separate Lambda instance with its own clients and handlers.
+        let handlers = Arc::new(statefun_aws::app::Handlers::new(
+            &aws.config,
+            &aws.clients,
+            Arc::new(registry()),
+            Arc::new(SystemClock),
+        ));
+        let batch: Vec<Envelope> = (0..3)
+            .map(|i| ingress(&format!("{lambda}-{i}"), hot.clone(), TypedValue::of(&1i64)))
+            .collect();
+        racers.spawn(async move {
+            // Whatever a racer reports failed, SQS would redeliver: hand it back.
+            let mut pending = batch;
+            let mut rounds = 0;
+            while !pending.is_empty() {
+                rounds += 1;
+                assert!(rounds < 20, "a racer never got through");
+                let sqs_event = event(&pending);
+                let response = handlers.dispatcher.handle(sqs_event.clone()).await;
+                let failed: Vec<String> = response
+                    .batch_item_failures
+                    .iter()
+                    .map(|f| f.item_identifier.clone())
+                    .collect();
+                pending = sqs_event
+                    .records
+                    .iter()
+                    .zip(pending)
+                    .filter(|(r, _)| failed.contains(&r.message_id.clone().unwrap_or_default()))
+                    .map(|(_, e)| e)
+                    .collect();
+            }
+            handlers.dispatcher.totals().conflicts
+        });
+    }
+    let mut conflicts = 0;
+    while let Some(r) = racers.join_next().await {
+        conflicts += r.expect("racer");
+    }
+    assert!(conflicts > 0, "the racers must actually have conflicted");
+    assert_eq!(count(&aws, &hot, "count").await, 18);
+}
+
+/// A transport that fails every send: the commit lands, the sends do not.
+struct Down;
+impl Transport for Down {
+    async fn send(&self, outboxes: &[&[OutboxEntry]]) -> Vec<Result<(), TransportError>> {
+        outboxes
+            .iter()
+            .map(|_| Err(TransportError("injected: crashed before sending".into())))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_drops_duplicates() {
+    let mut aws = Aws::start(
+        examples(),
+        &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
+        &["greets"],
+    )
+    .await;
+    let bob = Address::new(PERSON, "Bob");
+    let message = ingress("1", bob.clone(), greet("Bob"));
+    // First delivery: the real store commits, then the process "dies" before sending.
+    let store = DynamoStore::new(
+        aws.clients.dynamodb.clone(),
+        aws.config.table.clone(),
+        Arc::new(Metrics::default()),
+        Arc::new(SystemClock),
+        aws.config.dedup_retention,
+    );
+    let config = statefun_aws::app::batch_config(&aws.config);
+    let report = dispatch(
+        &examples(),
+        &store,
+        &Down,
+        &config,
+        SystemClock.now_ms(),
+        vec![message.clone()],
+    )
+    .await;
+    assert_eq!(report.commits, 1);
+    assert_eq!(report.failed[0].kind, FailureKind::Unavailable);
+    assert_eq!(count(&aws, &bob, "visits").await, 1, "the commit landed");
+    // SQS redelivers the message (twice, even: once past the FIFO dedup window).
+    for dedup in ["redelivery-1", "redelivery-2"] {
+        aws.clients
+            .sqs
+            .send_message()
+            .queue_url(&aws.config.inbox_url)
+            .message_body(envelope::encode(&message))
+            .message_group_id(statefun_aws::keys::group_id(&bob))
+            .message_deduplication_id(dedup)
+            .send()
+            .await
+            .expect("send");
+    }
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(count(&aws, &bob, "visits").await, 1, "applied once");
+    let greets = aws.take_all(&aws.url_of("greets")).await;
+    let ids: BTreeSet<String> = greets
+        .iter()
+        .map(|(b, _)| {
+            serde_json::from_str::<serde_json::Value>(b).expect("json")["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the greeter got the re-sent message and applied it once: {greets:?}"
+    );
+    let greeter = aws
+        .state(&Address::new(statefun_examples::greeter::GREETER, "Bob"))
+        .await;
+    assert_eq!(greeter["version"], 1, "{greeter}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_delivery_is_applied_once() {
+    let mut aws = Aws::start(examples(), &[], &[]).await;
+    let a = Address::new(COUNTER, "dup");
+    let once = ingress("once", a.clone(), TypedValue::of(&5i64));
+    let sqs = aws.clients.sqs.clone();
+    let inbox = aws.config.inbox_url.clone();
+    let send_raw = |e: Envelope, dedup: &'static str| {
+        let (sqs, inbox) = (sqs.clone(), inbox.clone());
+        async move {
+            sqs.send_message()
+                .queue_url(inbox)
+                .message_body(envelope::encode(&e))
+                .message_group_id(statefun_aws::keys::group_id(&e.target))
+                .message_deduplication_id(dedup)
+                .send()
+                .await
+                .expect("send");
+        }
+    };
+    send_raw(once.clone(), "a").await;
+    send_raw(ingress("other", a.clone(), TypedValue::of(&1i64)), "b").await;
+    send_raw(once.clone(), "c").await;
+    aws.drain(Duration::from_millis(300)).await;
+    send_raw(once, "d").await;
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(count(&aws, &a, "count").await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else() {
+    let mut aws = Aws::start_with(
+        registry(),
+        &[("STATEFUN_MAX_RECEIVES", "2")],
+        &[],
+        Arc::new(SystemClock),
+        statefun_aws::local::QueueSettings {
+            visibility_timeout: Duration::from_secs(1),
+            max_receive_count: 100,
+        },
+    )
+    .await;
+    let flaky = at("test/flaky", "bad");
+    aws.send(flaky.clone(), text("fail"), "f1").await;
+    aws.send(flaky.clone(), text("ok"), "f2").await;
+    aws.send(at("test/terminal", "t"), text("x"), "t").await;
+    aws.send(at("nobody/home", "n"), text("x"), "u").await;
+    aws.send(Address::new(COUNTER, "fine"), TypedValue::of(&1i64), "c")
+        .await;
+    aws.clients
+        .sqs
+        .send_message()
+        .queue_url(&aws.config.inbox_url)
+        .message_body("{not an envelope")
+        .message_group_id("garbage")
+        .message_deduplication_id("garbage")
+        .send()
+        .await
+        .expect("send");
+    aws.poll_inbox().await;
+    assert_eq!(
+        count(&aws, &Address::new(COUNTER, "fine"), "count").await,
+        1,
+        "the healthy group went on"
+    );
+    assert_eq!(
+        count(&aws, &flaky, "n").await,
+        0,
+        "the message behind the failing one waits"
+    );
+    aws.drain(Duration::from_millis(2500)).await;
+    assert_eq!(
+        count(&aws, &flaky, "n").await,
+        1,
+        "it ran once the failing one was dead-lettered"
+    );
+    let letters = aws.take_all(&aws.config.dlq_url).await;
+    let reasons: Vec<String> = letters.iter().map(|(_, a)| a["Reason"].clone()).collect();
+    let has = |needle: &str| reasons.iter().any(|r| r.contains(needle));
+    assert_eq!(letters.len(), 4, "{reasons:?}");
+    assert!(has("undecodable message envelope"), "{reasons:?}");
+    assert!(
+        has("no function is registered for type nobody/home"),
+        "{reasons:?}"
+    );
+    assert!(has("terminal on purpose"), "{reasons:?}");
+    assert!(
+        has("gave up after 2 receives: function failed: flaky on purpose"),
+        "{reasons:?}"
+    );
+    assert!(letters.iter().all(|(_, a)| a["Handler"] == "dispatcher"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lost() {
+    let mut aws = Aws::start(registry(), &[], &[]).await;
+    let big = at("test/big", "b");
+    aws.send(big.clone(), TypedValue::of(&10i64), "1").await;
+    aws.send(big.clone(), TypedValue::of(&400_000i64), "2")
+        .await;
+    aws.send(big.clone(), TypedValue::of(&20i64), "3").await;
+    aws.send(
+        Address::new(COUNTER, "bystander"),
+        TypedValue::of(&1i64),
+        "4",
+    )
+    .await;
+    aws.drain(Duration::from_millis(300)).await;
+    let state = aws.state(&big).await;
+    assert_eq!(
+        state["state"]["big"]["value"].as_str().map(str::len),
+        Some(20),
+        "later messages applied"
+    );
+    assert_eq!(
+        count(&aws, &Address::new(COUNTER, "bystander"), "count").await,
+        1
+    );
+    let letters = aws.take_all(&aws.config.dlq_url).await;
+    assert_eq!(letters.len(), 1);
+    let reason = &letters[0].1["Reason"];
+    assert!(
+        reason
+            .contains("test/big/b: state \"big\" is 400028 bytes, over the limit of 358400 bytes"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured() {
+    let mut aws = Aws::start(registry(), &[("STATEFUN_MAX_DELAY_HOP_SECONDS", "1")], &[]).await;
+    let timer = at("test/timer", "x");
+    let counter = Address::new(COUNTER, "x");
+    let started = std::time::Instant::now();
+    aws.send(timer.clone(), text("later:2500:keep"), "1").await;
+    aws.send(timer.clone(), text("later:2500:drop"), "2").await;
+    aws.send(timer.clone(), text("cancel:drop"), "3").await;
+    while count(&aws, &counter, "count").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the delayed message never arrived"
+        );
+        aws.drain(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "arrived early"
+    );
+    aws.drain(Duration::from_millis(2000)).await;
+    assert_eq!(
+        count(&aws, &counter, "count").await,
+        1,
+        "the cancelled one must not arrive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_ingress_routes_by_pointer_attribute_and_envelope() {
+    let routes = r#"[
+        {"queue": "PREFIX-people", "target": "example/person", "id": {"pointer": "/name"}, "typename": "example/GreetRequest"},
+        {"queue": "PREFIX-counts", "target": "example/counter", "id": {"attribute": "Counter"}, "typename": "io.statefun.types/long"},
+        {"queue": "PREFIX-commands", "target": "auto"}
+    ]"#;
+    let mut aws = Aws::start(examples(), &[], &["people", "counts", "commands"]).await;
+    let mut config = aws.config.clone();
+    config.ingress_routes =
+        serde_json::from_str(&routes.replace("PREFIX", &aws.prefix)).expect("routes");
+    aws.handlers = Arc::new(statefun_aws::app::Handlers::new(
+        &config,
+        &aws.clients,
+        Arc::new(examples()),
+        Arc::new(SystemClock),
+    ));
+    let put = |queue: String, body: &'static str, attribute: Option<&'static str>| {
+        let sqs = aws.clients.sqs.clone();
+        async move {
+            let mut r = sqs.send_message().queue_url(queue).message_body(body);
+            if let Some(v) = attribute {
+                r = r.message_attributes(
+                    "Counter",
+                    aws_sdk_sqs::types::MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(v)
+                        .build()
+                        .expect("attr"),
+                );
+            }
+            r.send().await.expect("send");
+        }
+    };
+    put(aws.url_of("people"), r#"{"name":"Zoe"}"#, None).await;
+    put(aws.url_of("people"), r#"{"nom":"Zoe"}"#, None).await;
+    put(aws.url_of("counts"), "\u{9}\u{7}", Some("c1")).await;
+    put(aws.url_of("commands"), r#"{"target":{"type":"example/counter","id":"c2"},"typename":"io.statefun.types/long","value":7}"#, None).await;
+    put(aws.url_of("commands"), r#"{"target":{"type":"example/nope","id":"x"},"typename":"io.statefun.types/long","value":7}"#, None).await;
+    for queue in ["people", "counts", "commands"] {
+        let url = aws.url_of(queue);
+        loop {
+            let handlers = aws.handlers.clone();
+            let polled = aws
+                .poller
+                .poll_once(&url, |e| async move { handlers.ingress.handle(e).await });
+            if polled.await.expect("poll") == 0 {
+                break;
+            }
+        }
+    }
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(count(&aws, &Address::new(PERSON, "Zoe"), "visits").await, 1);
+    assert_eq!(count(&aws, &Address::new(COUNTER, "c2"), "count").await, 7);
+    let letters = aws.take_all(&aws.config.dlq_url).await;
+    let reasons: Vec<String> = letters.iter().map(|(_, a)| a["Reason"].clone()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("the body has nothing at /name")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("no function is registered for type example/nope")),
+        "{reasons:?}"
+    );
+    // The raw bytes of `counts` pass through unchanged: 0x09 0x07 is not a valid long
+    // encoding, so the counter dead-letters it with a decode error, naming the type.
+    assert!(
+        reasons.iter().any(|r| r.contains("io.statefun.types/long")),
+        "{reasons:?}"
+    );
+}

@@ -160,6 +160,10 @@ impl Dispatcher {
             if pending.is_empty() {
                 break;
             }
+            if round > 0 {
+                // Let the racer that won finish before reloading.
+                tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
+            }
             let batch: Vec<Envelope> = pending
                 .iter()
                 .map(|&i| received[i].envelope.clone())
