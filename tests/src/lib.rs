@@ -1,1 +1,270 @@
-//! Cross-crate test suites live in `tests/`; this library is empty.
+//! Shared setup of the cross-crate suites and benchmarks: a moto server on a free
+//! loopback port (started here, stopped on drop), resources provisioned under a unique
+//! prefix, and the handlers driven by the same poller `statefun-lambda poll` uses.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use statefun_aws::app::{Handlers, clients, sdk_config};
+use statefun_aws::config::AwsConfig;
+use statefun_aws::local::{Poller, QueueSettings, provision};
+use statefun_aws::transport::Clients;
+use statefun_core::ports::{Clock, SystemClock};
+use statefun_core::{Address, Envelope, MessageId, Registry, TypedValue};
+
+/// A moto server process.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_SERVER") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+    assert!(
+        venv.exists(),
+        "moto server not found at {}: run `python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'` \
+         (bash .ci/run does) or set MOTO_SERVER",
+        venv.display()
+    );
+    venv
+}
+
+fn answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req =
+        format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 12];
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read(&mut buf).is_ok_and(|n| n > 0)
+        && buf.starts_with(b"HTTP/1.")
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let mut moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !answers(port) {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A provisioned deployment on its own moto server.
+#[derive(Debug)]
+pub struct Aws {
+    pub moto: Moto,
+    pub clients: Clients,
+    pub config: AwsConfig,
+    pub handlers: Arc<Handlers>,
+    pub poller: Poller,
+    pub prefix: String,
+}
+
+impl Aws {
+    /// Provisions with `vars` for the optional settings; `extra_queues` are created
+    /// first and their URLs are available as `{name}` placeholders in `vars`.
+    pub async fn start(registry: Registry, vars: &[(&str, &str)], extra_queues: &[&str]) -> Aws {
+        Self::start_with(
+            registry,
+            vars,
+            extra_queues,
+            Arc::new(SystemClock),
+            QueueSettings {
+                visibility_timeout: Duration::from_secs(2),
+                max_receive_count: 100,
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with(
+        registry: Registry,
+        vars: &[(&str, &str)],
+        extra_queues: &[&str],
+        clock: Arc<dyn Clock>,
+        settings: QueueSettings,
+    ) -> Aws {
+        let moto = Moto::start();
+        let sdk = sdk_config(Some(&moto.url), true).await;
+        let clients = clients(&sdk);
+        let prefix = format!(
+            "t{}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut placeholders = HashMap::new();
+        for name in extra_queues {
+            let url = clients
+                .sqs
+                .create_queue()
+                .queue_name(format!("{prefix}-{name}"))
+                .send()
+                .await
+                .expect("create queue")
+                .queue_url()
+                .expect("url")
+                .to_string();
+            placeholders.insert(format!("{{{name}}}"), url);
+        }
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| {
+                let mut v = v.to_string();
+                for (p, url) in &placeholders {
+                    v = v.replace(p, url);
+                }
+                (k.to_string(), v)
+            })
+            .collect();
+        let config = provision(&clients, &prefix, settings, |name| vars.get(name).cloned())
+            .await
+            .expect("provision");
+        let handlers = Arc::new(Handlers::new(&config, &clients, Arc::new(registry), clock));
+        let poller = Poller::new(clients.clone(), Duration::ZERO);
+        Aws {
+            moto,
+            clients,
+            config,
+            handlers,
+            poller,
+            prefix,
+        }
+    }
+
+    pub fn url_of(&self, queue: &str) -> String {
+        format!("{}/123456789012/{}-{queue}", self.moto.url, self.prefix)
+    }
+
+    /// Enqueues an ingress message.
+    pub async fn send(&self, target: Address, value: TypedValue, key: &str) {
+        let envelope = Envelope {
+            id: MessageId::Keyed(format!("test:{key}")),
+            target,
+            caller: None,
+            value,
+        };
+        statefun_aws::local::send(&self.clients, &self.config, &envelope)
+            .await
+            .expect("send");
+    }
+
+    /// One poll of the inbox through the dispatcher; returns records handled.
+    pub async fn poll_inbox(&mut self) -> usize {
+        let handlers = self.handlers.clone();
+        let url = self.config.inbox_url.clone();
+        self.poller
+            .poll_once(&url, |e| async move { handlers.dispatcher.handle(e).await })
+            .await
+            .expect("poll inbox")
+    }
+
+    /// One poll of the delay queue through the timer forwarder.
+    pub async fn poll_delay(&mut self) -> usize {
+        let handlers = self.handlers.clone();
+        let url = self.config.delay_url.clone();
+        self.poller
+            .poll_once(&url, |e| async move { handlers.forwarder.handle(e).await })
+            .await
+            .expect("poll delay")
+    }
+
+    /// Polls inbox and delay queue until both stay empty for `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) {
+        let mut idle_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while idle_since.elapsed() < quiet {
+            assert!(Instant::now() < deadline, "queues did not drain");
+            let n = self.poll_inbox().await + self.poll_delay().await;
+            if n > 0 {
+                idle_since = Instant::now();
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub async fn state(&self, address: &Address) -> serde_json::Value {
+        statefun_aws::local::state(&self.clients, &self.config, address, SystemClock.now_ms())
+            .await
+            .expect("state")
+    }
+
+    /// Receives everything currently in a queue (deleting it): bodies and attributes.
+    pub async fn take_all(&self, url: &str) -> Vec<(String, HashMap<String, String>)> {
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            let r = self
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .expect("receive");
+            if r.messages().is_empty() {
+                break;
+            }
+            for m in r.messages() {
+                let attrs = m
+                    .message_attributes()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_string()))
+                    .collect();
+                out.push((m.body().unwrap_or_default().to_string(), attrs));
+                self.clients
+                    .sqs
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .expect("delete");
+            }
+        }
+        out
+    }
+}

@@ -1,13 +1,11 @@
 //! The AWS path end to end against a real emulator (moto server): the real DynamoDB
 //! store, SQS/SNS transport and Lambda handlers, driven by the local poller.
 
-mod support;
-
 use std::time::Duration;
 
 use statefun_core::{Address, TypedValue};
 use statefun_examples::greeter::{GreetRequest, PERSON};
-use support::Aws;
+use statefun_e2e::Aws;
 
 fn examples() -> statefun_core::Registry {
     statefun_examples::registry(Default::default()).expect("registry")
