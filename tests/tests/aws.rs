@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use statefun_core::{Address, TypedValue};
+use statefun_e2e::{Aws, Dynamo};
 use statefun_examples::greeter::{GreetRequest, PERSON};
-use statefun_e2e::Aws;
 
 fn examples() -> statefun_core::Registry {
     statefun_examples::registry(Default::default()).expect("registry")
@@ -18,9 +18,9 @@ fn greet(name: &str) -> TypedValue {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greeter_end_to_end_with_sqs_egress() {
+async fn greeter_end_to_end_with_sqs_egress(dynamo: Dynamo) {
     let mut aws = Aws::start(
+        dynamo,
         examples(),
         &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
         &["greets"],
@@ -145,12 +145,11 @@ async fn count(aws: &Aws, address: &Address, cell: &str) -> i64 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn egress_to_an_sns_topic() {
+async fn egress_to_an_sns_topic(dynamo: Dynamo) {
     let moto_topic =
         |aws: &Aws| format!("arn:aws:sns:us-east-1:123456789012:{}-greets", aws.prefix);
     // The topic's ARN is known before provisioning; create topic and subscriber after.
-    let mut aws = Aws::start(examples(), &[], &["fanout"]).await;
+    let mut aws = Aws::start(dynamo, examples(), &[], &["fanout"]).await;
     let topic = aws
         .clients
         .sns
@@ -201,13 +200,13 @@ async fn egress_to_an_sns_topic() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shopping_cart_with_delays_over_several_hops_and_cancel() {
+async fn shopping_cart_with_delays_over_several_hops_and_cancel(dynamo: Dynamo) {
     let examples = statefun_examples::registry(statefun_examples::ExamplesConfig {
         basket_idle: Duration::from_millis(2500),
     })
     .expect("registry");
     let mut aws = Aws::start(
+        dynamo,
         examples,
         &[
             ("STATEFUN_EGRESS", "example/basket-events=sqs:{events}"),
@@ -286,9 +285,8 @@ async fn shopping_cart_with_delays_over_several_hops_and_cancel() {
     assert!(events.iter().all(|e| e["egress"] == BASKET_EVENTS.as_str()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_dispatchers_on_one_address_count_exactly() {
-    let aws = Aws::start(registry(), &[], &[]).await;
+async fn racing_dispatchers_on_one_address_count_exactly(dynamo: Dynamo) {
+    let aws = Aws::start(dynamo, registry(), &[], &[]).await;
     let hot = Address::new(COUNTER, "race");
     let mut racers = tokio::task::JoinSet::new();
     for lambda in 0..6 {
@@ -346,9 +344,11 @@ impl Transport for Down {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_drops_duplicates() {
+async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_drops_duplicates(
+    dynamo: Dynamo,
+) {
     let mut aws = Aws::start(
+        dynamo,
         examples(),
         &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
         &["greets"],
@@ -413,9 +413,8 @@ async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_dr
     assert_eq!(greeter["version"], 1, "{greeter}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_delivery_is_applied_once() {
-    let mut aws = Aws::start(examples(), &[], &[]).await;
+async fn a_duplicate_delivery_is_applied_once(dynamo: Dynamo) {
+    let mut aws = Aws::start(dynamo, examples(), &[], &[]).await;
     let a = Address::new(COUNTER, "dup");
     let once = ingress("once", a.clone(), TypedValue::of(&5i64));
     let sqs = aws.clients.sqs.clone();
@@ -442,9 +441,9 @@ async fn a_duplicate_delivery_is_applied_once() {
     assert_eq!(count(&aws, &a, "count").await, 6);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else() {
+async fn poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else(dynamo: Dynamo) {
     let mut aws = Aws::start_with(
+        dynamo,
         registry(),
         &[("STATEFUN_MAX_RECEIVES", "2")],
         &[],
@@ -506,9 +505,8 @@ async fn poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else() {
     assert!(letters.iter().all(|(_, a)| a["Handler"] == "dispatcher"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lost() {
-    let mut aws = Aws::start(registry(), &[], &[]).await;
+async fn an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lost(dynamo: Dynamo) {
+    let mut aws = Aws::start(dynamo, registry(), &[], &[]).await;
     let big = at("test/big", "b");
     aws.send(big.clone(), TypedValue::of(&10i64), "1").await;
     aws.send(big.clone(), TypedValue::of(&400_000i64), "2")
@@ -541,9 +539,14 @@ async fn an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lo
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured() {
-    let mut aws = Aws::start(registry(), &[("STATEFUN_MAX_DELAY_HOP_SECONDS", "1")], &[]).await;
+async fn a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured(dynamo: Dynamo) {
+    let mut aws = Aws::start(
+        dynamo,
+        registry(),
+        &[("STATEFUN_MAX_DELAY_HOP_SECONDS", "1")],
+        &[],
+    )
+    .await;
     let timer = at("test/timer", "x");
     let counter = Address::new(COUNTER, "x");
     let started = std::time::Instant::now();
@@ -569,14 +572,13 @@ async fn a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqs_ingress_routes_by_pointer_attribute_and_envelope() {
+async fn sqs_ingress_routes_by_pointer_attribute_and_envelope(dynamo: Dynamo) {
     let routes = r#"[
         {"queue": "PREFIX-people", "target": "example/person", "id": {"pointer": "/name"}, "typename": "example/GreetRequest"},
         {"queue": "PREFIX-counts", "target": "example/counter", "id": {"attribute": "Counter"}, "typename": "io.statefun.types/long"},
         {"queue": "PREFIX-commands", "target": "auto"}
     ]"#;
-    let mut aws = Aws::start(examples(), &[], &["people", "counts", "commands"]).await;
+    let mut aws = Aws::start(dynamo, examples(), &[], &["people", "counts", "commands"]).await;
     let mut config = aws.config.clone();
     config.ingress_routes =
         serde_json::from_str(&routes.replace("PREFIX", &aws.prefix)).expect("routes");
@@ -644,3 +646,39 @@ async fn sqs_ingress_routes_by_pointer_attribute_and_envelope() {
         "{reasons:?}"
     );
 }
+
+/// Every scenario runs twice: all on moto, and with the state table on AWS's DynamoDB
+/// Local (SQS and SNS on moto).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod moto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Dynamo::Moto).await
+                }
+            )*
+        }
+        mod dynamodb_local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Dynamo::DynamoDbLocal).await
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    greeter_end_to_end_with_sqs_egress,
+    egress_to_an_sns_topic,
+    shopping_cart_with_delays_over_several_hops_and_cancel,
+    racing_dispatchers_on_one_address_count_exactly,
+    crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_drops_duplicates,
+    a_duplicate_delivery_is_applied_once,
+    poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else,
+    an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lost,
+    a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured,
+    sqs_ingress_routes_by_pointer_attribute_and_envelope,
+);
