@@ -20,8 +20,9 @@ use crate::transport::{Clients, SqsTransport};
 /// envelope: larger ones are refused by the function's invocation with a typed error.
 pub const MAX_PAYLOAD_BYTES: usize = 190 * 1024;
 
-/// The SDK configuration. With an `endpoint_url` (an emulator) a missing region or
-/// missing credentials default to `us-east-1` and `test`/`test`, as emulators expect.
+/// The SDK configuration: `endpoint_url` for every service if given (else the SDK's own
+/// resolution, including `AWS_ENDPOINT_URL` and per-service `AWS_ENDPOINT_URL_<SERVICE>`);
+/// `emulator_defaults` sets region `us-east-1` and credentials `test`/`test`.
 pub async fn sdk_config(endpoint_url: Option<&str>, emulator_defaults: bool) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
     if let Some(url) = endpoint_url {

@@ -53,8 +53,10 @@ struct AwsArgs {
     /// Resource name prefix: <prefix>-state, <prefix>-inbox.fifo, <prefix>-delay, …
     #[arg(long, env = "STATEFUN_PREFIX", default_value = "statefun")]
     prefix: String,
-    /// Endpoint of an emulator (moto server, DynamoDB Local, LocalStack); unset: AWS.
-    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    /// Endpoint of an emulator (moto server, DynamoDB Local, LocalStack) for every
+    /// service. Unset: the SDK's own resolution — AWS_ENDPOINT_URL,
+    /// AWS_ENDPOINT_URL_DYNAMODB / _SQS / _SNS per service — else AWS.
+    #[arg(long)]
     endpoint_url: Option<String>,
 }
 
@@ -195,7 +197,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn aws_clients(args: &AwsArgs) -> statefun_aws::transport::Clients {
     // Emulators accept any credentials; default them when none are configured.
-    let emulator = args.endpoint_url.is_some() && std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
+    let emulator = (args.endpoint_url.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some())
+        && std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
     let sdk = statefun_aws::app::sdk_config(args.endpoint_url.as_deref(), emulator).await;
     statefun_aws::app::clients(&sdk)
 }
