@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::context::{Context, Effect};
 use crate::function::{FunctionError, Registry};
 use crate::message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
-use crate::spec::Expiration;
+use crate::spec::{Expiration, StateSpec};
 use crate::state::{Cell, InstanceState};
 use crate::typename::{Address, TypeName};
 
@@ -78,12 +78,25 @@ pub enum ProcessError {
     Function(#[from] FunctionError),
     #[error(transparent)]
     TooLarge(#[from] LimitError),
+    /// A remote function could not be reached or answered garbage after the transport's
+    /// retries: try again later, never dead-letter.
+    #[error("remote function unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ProcessError {
     /// Whether trying again later can succeed; otherwise the message is poison.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProcessError::Function(e) if e.is_retryable())
+        match self {
+            ProcessError::Function(e) => e.is_retryable(),
+            ProcessError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the failure is of the infrastructure, not of the message.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ProcessError::Unavailable(_))
     }
 }
 
@@ -138,7 +151,148 @@ fn effect_size(effect: &Effect) -> usize {
     }
 }
 
-/// Processes one address's messages, in order, against its loaded record.
+/// One address's batch in progress: the record being built and what became of each
+/// message so far. Shared by local functions (one invocation per message) and remote
+/// ones (one request per batch).
+struct Working<'a> {
+    address: &'a Address,
+    precondition: Precondition,
+    state: InstanceState,
+    now_ms: u64,
+    resend_needed: bool,
+    settled: Vec<MessageId>,
+    applied: Vec<MessageId>,
+    effects: Vec<Effect>,
+    record_bytes: usize,
+}
+
+impl<'a> Working<'a> {
+    fn begin(address: &'a Address, loaded: Option<InstanceState>, now_ms: u64) -> Self {
+        let precondition = match &loaded {
+            None => Precondition::DoesNotExist,
+            Some(s) => Precondition::MatchesVersion(s.version),
+        };
+        let mut state = loaded.unwrap_or_default();
+        state.cells.retain(|_, c| c.is_live(now_ms));
+        let record_bytes = state.cells.values().map(|c| c.value.size()).sum();
+        Working {
+            address,
+            precondition,
+            state,
+            now_ms,
+            resend_needed: false,
+            settled: Vec::new(),
+            applied: Vec::new(),
+            effects: Vec::new(),
+            record_bytes,
+        }
+    }
+
+    /// Settles `id` if it was applied before; a message of the last commit brings that
+    /// commit's outbox back.
+    fn settle_if_applied(&mut self, id: &MessageId) -> bool {
+        if !self.state.dedup.is_applied(id) {
+            return false;
+        }
+        self.resend_needed |= self.state.last_inputs.contains(id);
+        self.settled.push(id.clone());
+        true
+    }
+
+    /// Applies checked writes and effects of the messages `ids`.
+    fn apply(
+        &mut self,
+        specs: &[StateSpec],
+        staged: Staged,
+        effects: Vec<Effect>,
+        record_bytes: usize,
+        ids: &[MessageId],
+    ) {
+        self.record_bytes = record_bytes;
+        let now_ms = self.now_ms;
+        for (index, value) in staged {
+            let spec = &specs[index];
+            match value {
+                Some(value) => {
+                    let expires_at_ms = expiry(spec.expiration, now_ms);
+                    match self.state.cells.get_mut(&spec.name) {
+                        Some(cell) => {
+                            cell.value = value;
+                            cell.expires_at_ms = expires_at_ms;
+                        }
+                        None => {
+                            self.state.cells.insert(
+                                spec.name.clone(),
+                                Cell {
+                                    value,
+                                    expires_at_ms,
+                                },
+                            );
+                        }
+                    }
+                }
+                None => {
+                    self.state.cells.remove(&spec.name);
+                }
+            }
+        }
+        for spec in specs {
+            if let Expiration::AfterCall(_) = spec.expiration
+                && let Some(cell) = self.state.cells.get_mut(&spec.name)
+            {
+                cell.expires_at_ms = expiry(spec.expiration, now_ms);
+            }
+        }
+        self.effects.extend(effects);
+        for id in ids {
+            self.state.dedup.record(id, now_ms);
+            self.settled.push(id.clone());
+            self.applied.push(id.clone());
+        }
+    }
+
+    fn finish(self, failure: Option<Failure>, config: &BatchConfig) -> AddressOutcome {
+        let Working {
+            address,
+            precondition,
+            mut state,
+            now_ms,
+            resend_needed,
+            settled,
+            applied,
+            effects,
+            ..
+        } = self;
+        let resend = if resend_needed {
+            state.outbox.clone()
+        } else {
+            Vec::new()
+        };
+        let commit = (!applied.is_empty()).then(|| {
+            state.version += 1;
+            state.outbox = assign_ids(address, state.version, effects, now_ms);
+            state.last_inputs = applied;
+            state
+                .dedup
+                .prune(now_ms, config.dedup_retention.as_millis() as u64);
+            Commit {
+                address: address.clone(),
+                precondition,
+                state,
+            }
+        });
+        AddressOutcome {
+            address: address.clone(),
+            resend,
+            commit,
+            settled,
+            failure,
+        }
+    }
+}
+
+/// Processes one address's messages, in order, against its loaded record, with the
+/// function registered for its type.
 pub fn process_address(
     registry: &Registry,
     address: &Address,
@@ -147,78 +301,36 @@ pub fn process_address(
     now_ms: u64,
     config: &BatchConfig,
 ) -> AddressOutcome {
-    let precondition = match &loaded {
-        None => Precondition::DoesNotExist,
-        Some(s) => Precondition::MatchesVersion(s.version),
-    };
-    let mut state = loaded.unwrap_or_default();
-    state.cells.retain(|_, c| c.is_live(now_ms));
+    let mut w = Working::begin(address, loaded, now_ms);
     let registered = registry.get(&address.function_type);
-    let limits = config.limits;
-
-    let mut resend_needed = false;
-    let mut settled = Vec::new();
-    let mut applied = Vec::new();
-    let mut effects: Vec<Effect> = Vec::new();
     let mut failure = None;
-    let mut record_bytes: usize = state.cells.values().map(|c| c.value.size()).sum();
-
     for (i, message) in messages.iter().enumerate() {
-        if state.dedup.is_applied(&message.id) {
-            resend_needed |= state.last_inputs.contains(&message.id);
-            settled.push(message.id.clone());
+        if w.settle_if_applied(&message.id) {
             continue;
         }
         let result = match registered {
             None => Err(ProcessError::UnknownFunctionType(
                 address.function_type.clone(),
             )),
-            Some(reg) => invoke_one(reg, address, message, &state, record_bytes, &limits).map(
-                |(staged, new_effects, new_bytes)| {
-                    (staged, new_effects, new_bytes, reg.specs.clone())
-                },
+            Some(reg) => invoke_one(
+                reg,
+                address,
+                message,
+                &w.state,
+                w.record_bytes,
+                &config.limits,
             ),
         };
         match result {
-            Ok((staged, new_effects, new_bytes, specs)) => {
-                record_bytes = new_bytes;
-                for (index, value) in staged {
-                    let spec = &specs[index];
-                    match value {
-                        Some(value) => {
-                            let expires_at_ms = expiry(spec.expiration, now_ms);
-                            match state.cells.get_mut(&spec.name) {
-                                Some(cell) => {
-                                    cell.value = value;
-                                    cell.expires_at_ms = expires_at_ms;
-                                }
-                                None => {
-                                    state.cells.insert(
-                                        spec.name.clone(),
-                                        Cell {
-                                            value,
-                                            expires_at_ms,
-                                        },
-                                    );
-                                }
-                            }
-                        }
-                        None => {
-                            state.cells.remove(&spec.name);
-                        }
-                    }
-                }
-                for spec in specs.iter() {
-                    if let Expiration::AfterCall(_) = spec.expiration
-                        && let Some(cell) = state.cells.get_mut(&spec.name)
-                    {
-                        cell.expires_at_ms = expiry(spec.expiration, now_ms);
-                    }
-                }
-                effects.extend(new_effects);
-                state.dedup.record(&message.id, now_ms);
-                settled.push(message.id.clone());
-                applied.push(message.id.clone());
+            Ok((staged, effects, bytes)) => {
+                let specs = registered.map(|r| r.specs.clone()).unwrap_or_default();
+                w.apply(
+                    &specs,
+                    staged,
+                    effects,
+                    bytes,
+                    std::slice::from_ref(&message.id),
+                );
             }
             Err(error) => {
                 failure = Some(Failure {
@@ -229,32 +341,201 @@ pub fn process_address(
             }
         }
     }
+    w.finish(failure, config)
+}
 
-    let resend = if resend_needed {
-        state.outbox.clone()
-    } else {
-        Vec::new()
-    };
-    let commit = (!applied.is_empty()).then(|| {
-        state.version += 1;
-        state.outbox = assign_ids(address, state.version, effects, now_ms);
-        state.last_inputs = applied;
-        state
-            .dedup
-            .prune(now_ms, config.dedup_retention.as_millis() as u64);
-        Commit {
-            address: address.clone(),
-            precondition,
-            state,
+/// A batch for a remote function: the messages not applied before, to be sent in one
+/// request with the instance's state, and completed with the function's response.
+#[derive(Debug)]
+pub struct RemoteBatch {
+    address: Address,
+    loaded: Option<InstanceState>,
+    messages: Vec<Envelope>,
+    fresh: Vec<Envelope>,
+    now_ms: u64,
+}
+
+impl RemoteBatch {
+    /// Splits off the messages applied before (they are settled without a call).
+    pub fn prepare(
+        address: Address,
+        loaded: Option<InstanceState>,
+        messages: Vec<Envelope>,
+        now_ms: u64,
+    ) -> Self {
+        let mut w = Working::begin(&address, loaded.clone(), now_ms);
+        let mut seen = std::collections::HashSet::new();
+        let fresh = messages
+            .iter()
+            .filter(|m| !w.settle_if_applied(&m.id) && seen.insert(m.id.clone()))
+            .cloned()
+            .collect();
+        RemoteBatch {
+            address,
+            loaded,
+            messages,
+            fresh,
+            now_ms,
         }
-    });
-    AddressOutcome {
-        address: address.clone(),
-        resend,
-        commit,
-        settled,
-        failure,
     }
+
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The messages the function must see, in order.
+    pub fn fresh(&self) -> &[Envelope] {
+        &self.fresh
+    }
+
+    /// The request: every message not applied before, and one entry per registered
+    /// state (unset when absent or expired).
+    pub fn request(&self, specs: &[StateSpec]) -> crate::protocol::ToFunction {
+        use crate::protocol::{self as p, to_function as t};
+        let live = |name: &str| {
+            self.loaded
+                .as_ref()
+                .and_then(|s| s.cells.get(name))
+                .filter(|c| c.is_live(self.now_ms))
+                .map(|c| p::value_to_wire(&c.value))
+        };
+        p::ToFunction {
+            request: Some(t::Request::Invocation(t::InvocationBatchRequest {
+                target: Some(p::address_to_wire(&self.address)),
+                state: specs
+                    .iter()
+                    .map(|s| t::PersistedValue {
+                        state_name: s.name.clone(),
+                        state_value: live(&s.name),
+                    })
+                    .collect(),
+                invocations: self
+                    .fresh
+                    .iter()
+                    .map(|m| t::Invocation {
+                        caller: m.caller.as_ref().map(p::address_to_wire),
+                        argument: Some(p::value_to_wire(&m.value)),
+                    })
+                    .collect(),
+            })),
+        }
+    }
+
+    /// Completes the batch with the function's merged response (or the reason there is
+    /// none): mutations are checked against the registered `specs`.
+    pub fn complete(
+        self,
+        response: Result<crate::protocol::from_function::InvocationResponse, ProcessError>,
+        specs: &[StateSpec],
+        config: &BatchConfig,
+    ) -> AddressOutcome {
+        let RemoteBatch {
+            address,
+            loaded,
+            messages,
+            fresh,
+            now_ms,
+        } = self;
+        let mut w = Working::begin(&address, loaded, now_ms);
+        // Messages applied before are settled; the rest (a message delivered twice in
+        // one batch included) stand or fall with the response.
+        let pending: Vec<MessageId> = messages
+            .iter()
+            .filter(|m| !w.settle_if_applied(&m.id))
+            .map(|m| m.id.clone())
+            .collect();
+        if pending.is_empty() {
+            return w.finish(None, config);
+        }
+        let ids: Vec<MessageId> = fresh.iter().map(|m| m.id.clone()).collect();
+        let checked = response.and_then(|r| {
+            let staged = mutations(&address, &r, specs)?;
+            let effects = crate::protocol::effects_from_wire(&r)
+                .map_err(|e| ProcessError::Function(FunctionError::terminal(e)))?;
+            let bytes = check_limits(
+                &address,
+                &w.state,
+                specs,
+                &staged,
+                &effects,
+                w.record_bytes,
+                &config.limits,
+            )?;
+            Ok((staged, effects, bytes))
+        });
+        match checked {
+            Ok((staged, effects, bytes)) => {
+                w.apply(specs, staged, effects, bytes, &ids);
+                // A repeat of a message in this batch is settled with it.
+                let mut repeats = pending;
+                for id in &ids {
+                    if let Some(i) = repeats.iter().position(|r| r == id) {
+                        repeats.remove(i);
+                    }
+                }
+                w.settled.extend(repeats);
+                w.finish(None, config)
+            }
+            Err(error) => w.finish(
+                Some(Failure {
+                    error,
+                    messages: pending,
+                }),
+                config,
+            ),
+        }
+    }
+}
+
+/// A remote function's state mutations as staged writes, by the rules of the reference
+/// runtime: only registered state, of its registered type.
+fn mutations(
+    address: &Address,
+    r: &crate::protocol::from_function::InvocationResponse,
+    specs: &[StateSpec],
+) -> Result<Staged, ProcessError> {
+    use crate::protocol::from_function::MutationType;
+    let mut staged: Staged = Vec::new();
+    for m in &r.state_mutations {
+        let index = specs
+            .iter()
+            .position(|s| s.name == m.state_name)
+            .ok_or_else(|| FunctionError::UndeclaredState {
+                function_type: address.function_type.clone(),
+                name: m.state_name.clone(),
+            })?;
+        let value = match MutationType::try_from(m.mutation_type) {
+            Ok(MutationType::Delete) => None,
+            Ok(MutationType::Modify) => {
+                let v = crate::protocol::value_from_wire(
+                    m.state_value.clone(),
+                    &format!("state {:?}", m.state_name),
+                )
+                .map_err(|e| FunctionError::terminal(e))?;
+                if v.typename != specs[index].typename {
+                    return Err(FunctionError::StateTypeMismatch {
+                        name: m.state_name.clone(),
+                        declared: specs[index].typename.clone(),
+                        actual: v.typename,
+                    }
+                    .into());
+                }
+                Some(v)
+            }
+            Err(_) => {
+                return Err(FunctionError::terminal(format!(
+                    "unknown mutation type {}",
+                    m.mutation_type
+                ))
+                .into());
+            }
+        };
+        match staged.iter_mut().find(|(i, _)| *i == index) {
+            Some(slot) => slot.1 = value,
+            None => staged.push((index, value)),
+        }
+    }
+    Ok(staged)
 }
 
 fn expiry(expiration: Expiration, now_ms: u64) -> Option<u64> {
@@ -300,7 +581,7 @@ fn invoke_one(
 fn check_limits(
     address: &Address,
     state: &InstanceState,
-    specs: &[crate::StateSpec],
+    specs: &[StateSpec],
     staged: &Staged,
     effects: &[Effect],
     record_bytes: usize,

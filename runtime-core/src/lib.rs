@@ -13,6 +13,7 @@ pub mod harness;
 pub mod message;
 pub mod pipeline;
 pub mod ports;
+pub mod protocol;
 pub mod spec;
 pub mod state;
 pub mod typename;

@@ -79,7 +79,9 @@ impl BatchReport {
             self.failed.push(FailedMessage {
                 id: first.clone(),
                 reason: failure.error.to_string(),
-                kind: if failure.error.is_retryable() {
+                kind: if failure.error.is_unavailable() {
+                    FailureKind::Unavailable
+                } else if failure.error.is_retryable() {
                     FailureKind::Retryable
                 } else {
                     FailureKind::Poison

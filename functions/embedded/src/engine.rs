@@ -371,6 +371,11 @@ impl Engine {
         }
         self.egress.flush()?;
 
+        let splits: Vec<(Vec<u64>, Option<u64>)> = groups
+            .iter()
+            .zip(&outcomes)
+            .map(|((_, seqs), outcome)| self.split(seqs, outcome))
+            .collect();
         let txn = self.db.begin_write()?;
         let mut dead = Vec::new();
         let mut replies = Vec::new();
@@ -387,15 +392,18 @@ impl Engine {
                     }
                 }
             }
-            for ((address, seqs), outcome) in groups.iter().zip(&outcomes) {
-                let failed = outcome.failure.as_ref().map_or(0, |f| f.messages.len());
-                for s in &seqs[..seqs.len() - failed] {
+            for ((address, (done, culprit)), outcome) in
+                groups.iter().map(|(a, _)| a).zip(&splits).zip(&outcomes)
+            {
+                for s in done {
                     tables.inbox.remove(s)?;
                 }
-                if let Some(failure) = &outcome.failure {
-                    let culprit = seqs[seqs.len() - failed];
+                if let (Some(failure), Some(culprit)) = (&outcome.failure, *culprit) {
                     let mut entry = self.pending[&culprit].clone();
-                    entry.attempts += 1;
+                    // An unavailable remote function is waited for, not given up on.
+                    if !failure.error.is_unavailable() {
+                        entry.attempts += 1;
+                    }
                     let reason = failure.error.to_string();
                     if failure.error.is_retryable() && entry.attempts < self.config.max_attempts {
                         warn!(%address, message_id = %entry.envelope.id, attempts = entry.attempts, %reason, "invocation failed; will retry");
@@ -468,12 +476,11 @@ impl Engine {
         txn.commit()?;
 
         self.next_seq = seq;
-        for ((address, seqs), outcome) in groups.iter().zip(&outcomes) {
-            let failed = outcome.failure.as_ref().map_or(0, |f| f.messages.len());
-            for s in &seqs[..seqs.len() - failed] {
+        for ((address, _), (done, culprit)) in groups.iter().zip(&splits) {
+            for s in done {
                 self.pending.remove(s);
             }
-            if failed == 0 {
+            if culprit.is_none() {
                 self.retry_at.remove(address);
             }
         }
@@ -490,6 +497,36 @@ impl Engine {
             let _ = reply.send(id);
         }
         Ok(())
+    }
+
+    /// Which of a group's inbox rows an outcome settles, and the row of its failed
+    /// message (matched by id, occurrence by occurrence: a message may be in the inbox
+    /// twice after a re-send).
+    fn split(&self, seqs: &[u64], outcome: &AddressOutcome) -> (Vec<u64>, Option<u64>) {
+        let mut settled: HashMap<&MessageId, usize> = HashMap::new();
+        for id in &outcome.settled {
+            *settled.entry(id).or_default() += 1;
+        }
+        let (mut done, mut unsettled) = (Vec::new(), Vec::new());
+        for s in seqs {
+            match settled.get_mut(&self.pending[s].envelope.id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    done.push(*s);
+                }
+                _ => unsettled.push(*s),
+            }
+        }
+        let culprit = outcome
+            .failure
+            .as_ref()
+            .and_then(|f| f.messages.first())
+            .and_then(|id| {
+                unsettled
+                    .into_iter()
+                    .find(|s| &self.pending[s].envelope.id == id)
+            });
+        (done, culprit)
     }
 
     /// Transaction A: re-sends and new instance records, in one durable commit.
