@@ -14,6 +14,7 @@ pub mod message;
 pub mod pipeline;
 pub mod ports;
 pub mod protocol;
+pub mod remote;
 pub mod spec;
 pub mod state;
 pub mod typename;

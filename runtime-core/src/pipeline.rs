@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread::Thread;
 
-use crate::batch::{AddressOutcome, BatchConfig, process_address};
+use crate::batch::{AddressOutcome, BatchConfig, RemoteBatch, process_address};
 use crate::function::Registry;
 use crate::message::{Envelope, MessageId};
 use crate::ports::{CommitError, StateStore, Transport};
+use crate::remote::{NoRemote, RemoteFunctions, SpecCache, invoke};
 use crate::typename::Address;
 
 /// Why a message was not settled, which says what a host does with it.
@@ -118,7 +119,18 @@ fn all_ids(outcome: &AddressOutcome) -> Vec<MessageId> {
     ids
 }
 
-/// Runs one batch through the ports.
+/// The ports and settings one batch runs through.
+#[derive(Debug)]
+pub struct Pipeline<'a, S, T, R> {
+    pub registry: &'a Registry,
+    pub store: &'a S,
+    pub transport: &'a T,
+    pub remote: &'a R,
+    pub specs: &'a SpecCache,
+    pub config: &'a BatchConfig,
+}
+
+/// Runs one batch of local functions through the ports.
 pub async fn dispatch<S: StateStore, T: Transport>(
     registry: &Registry,
     store: &S,
@@ -127,108 +139,157 @@ pub async fn dispatch<S: StateStore, T: Transport>(
     now_ms: u64,
     batch: Vec<Envelope>,
 ) -> BatchReport {
-    let mut report = BatchReport::default();
-    let groups = group_by_address(batch);
-    let addresses: Vec<Address> = groups.iter().map(|(a, _)| a.clone()).collect();
-    let loaded = match store.load(&addresses).await {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
-            report.fail_all(ids, &e.to_string(), FailureKind::Unavailable);
-            return report;
-        }
+    let specs = SpecCache::default();
+    let pipeline = Pipeline {
+        registry,
+        store,
+        transport,
+        remote: &NoRemote,
+        specs: &specs,
+        config,
     };
-    let mut outcomes: Vec<AddressOutcome> = groups
-        .into_iter()
-        .zip(loaded)
-        .map(|((address, messages), state)| {
-            process_address(registry, &address, state, messages, now_ms, config)
-        })
-        .collect();
+    pipeline.dispatch(now_ms, batch).await
+}
 
-    // Re-sends first: the commits below replace the outboxes they come from.
-    let resending: Vec<usize> = (0..outcomes.len())
-        .filter(|&i| !outcomes[i].resend.is_empty())
-        .collect();
-    let slices: Vec<&[_]> = resending.iter().map(|&i| &outcomes[i].resend[..]).collect();
-    let results = transport.send(&slices).await;
-    let mut ok = vec![true; outcomes.len()];
-    for (&i, result) in resending.iter().zip(results) {
-        if let Err(e) = result {
-            report.fail_all(
-                all_ids(&outcomes[i]),
-                &e.to_string(),
-                FailureKind::Unavailable,
-            );
-            ok[i] = false;
-        }
+impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
+    /// Whether `function_type` is a remote function (local registrations win).
+    pub fn is_remote(&self, function_type: &crate::TypeName) -> bool {
+        !self.registry.contains(function_type) && self.remote.serves(function_type)
     }
 
-    // An outbox the transport can never deliver (an unknown egress, a body over the
-    // queue's limit) must fail before the commit, or it would block its address forever.
-    for (i, outcome) in outcomes.iter().enumerate() {
-        let Some(commit) = outcome.commit.as_ref().filter(|_| ok[i]) else {
-            continue;
-        };
-        if let Some(e) = commit
-            .outbox()
-            .iter()
-            .find_map(|e| transport.check(e).err())
-        {
-            report.fail_all(all_ids(outcome), &e.to_string(), FailureKind::Poison);
-            ok[i] = false;
-        }
-    }
-
-    let committing: Vec<usize> = (0..outcomes.len())
-        .filter(|&i| ok[i] && outcomes[i].commit.is_some())
-        .collect();
-    let commits: Vec<_> = committing
-        .iter()
-        .filter_map(|&i| outcomes[i].commit.take())
-        .collect();
-    let results = store.commit(&commits).await;
-    let mut sending = Vec::new();
-    for ((&i, commit), result) in committing.iter().zip(&commits).zip(results) {
-        match result {
-            Ok(()) => {
-                report.commits += 1;
-                sending.push((i, commit));
+    /// Processes each address's messages: local functions in place, remote ones with
+    /// one request per address, all addresses' requests at once.
+    pub async fn process(
+        &self,
+        groups: Vec<(Address, Vec<Envelope>)>,
+        loaded: Vec<Option<crate::InstanceState>>,
+        now_ms: u64,
+    ) -> Vec<AddressOutcome> {
+        let mut outcomes: Vec<Option<AddressOutcome>> = Vec::with_capacity(groups.len());
+        let mut remote = Vec::new();
+        for (i, ((address, messages), state)) in groups.into_iter().zip(loaded).enumerate() {
+            if self.is_remote(&address.function_type) {
+                let batch = RemoteBatch::prepare(address, state, messages, now_ms);
+                remote.push((i, invoke(self.remote, self.specs, batch, self.config)));
+                outcomes.push(None);
+            } else {
+                outcomes.push(Some(process_address(
+                    self.registry,
+                    &address,
+                    state,
+                    messages,
+                    now_ms,
+                    self.config,
+                )));
             }
+        }
+        let (slots, calls): (Vec<usize>, Vec<_>) = remote.into_iter().unzip();
+        for (i, outcome) in slots.into_iter().zip(join_all(calls).await) {
+            outcomes[i] = Some(outcome);
+        }
+        outcomes.into_iter().flatten().collect()
+    }
+
+    /// Runs one batch through the ports.
+    pub async fn dispatch(&self, now_ms: u64, batch: Vec<Envelope>) -> BatchReport {
+        let (store, transport) = (self.store, self.transport);
+        let mut report = BatchReport::default();
+        let groups = group_by_address(batch);
+        let addresses: Vec<Address> = groups.iter().map(|(a, _)| a.clone()).collect();
+        let loaded = match store.load(&addresses).await {
+            Ok(loaded) => loaded,
             Err(e) => {
-                let kind = match e {
-                    CommitError::Conflict(_) => {
-                        report.conflicts += 1;
-                        FailureKind::Conflict
-                    }
-                    CommitError::TooLarge(_) => FailureKind::Poison,
-                    CommitError::Store(_) => FailureKind::Unavailable,
-                };
-                report.fail_all(all_ids(&outcomes[i]), &e.to_string(), kind);
+                let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
+                report.fail_all(ids, &e.to_string(), FailureKind::Unavailable);
+                return report;
+            }
+        };
+        let mut outcomes = self.process(groups, loaded, now_ms).await;
+
+        // Re-sends first: the commits below replace the outboxes they come from.
+        let resending: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| !outcomes[i].resend.is_empty())
+            .collect();
+        let slices: Vec<&[_]> = resending.iter().map(|&i| &outcomes[i].resend[..]).collect();
+        let results = transport.send(&slices).await;
+        let mut ok = vec![true; outcomes.len()];
+        for (&i, result) in resending.iter().zip(results) {
+            if let Err(e) = result {
+                report.fail_all(
+                    all_ids(&outcomes[i]),
+                    &e.to_string(),
+                    FailureKind::Unavailable,
+                );
                 ok[i] = false;
             }
         }
-    }
-    let slices: Vec<&[_]> = sending.iter().map(|(_, c)| c.outbox()).collect();
-    let results = transport.send(&slices).await;
-    for ((i, _), result) in sending.iter().zip(results) {
-        if let Err(e) = result {
-            report.fail_all(
-                all_ids(&outcomes[*i]),
-                &e.to_string(),
-                FailureKind::Unavailable,
-            );
-            ok[*i] = false;
-        }
-    }
 
-    for (i, outcome) in outcomes.iter().enumerate() {
-        if ok[i] {
-            report.settled.extend(outcome.settled.iter().cloned());
-            report.add_failure(outcome);
+        // An outbox the transport can never deliver (an unknown egress, a body over the
+        // queue's limit) must fail before the commit, or it would block its address forever.
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let Some(commit) = outcome.commit.as_ref().filter(|_| ok[i]) else {
+                continue;
+            };
+            if let Some(e) = commit
+                .outbox()
+                .iter()
+                .find_map(|e| transport.check(e).err())
+            {
+                report.fail_all(all_ids(outcome), &e.to_string(), FailureKind::Poison);
+                ok[i] = false;
+            }
         }
+
+        let committing: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| ok[i] && outcomes[i].commit.is_some())
+            .collect();
+        let commits: Vec<_> = committing
+            .iter()
+            .filter_map(|&i| outcomes[i].commit.take())
+            .collect();
+        let results = store.commit(&commits).await;
+        let mut sending = Vec::new();
+        for ((&i, commit), result) in committing.iter().zip(&commits).zip(results) {
+            match result {
+                Ok(()) => {
+                    report.commits += 1;
+                    sending.push((i, commit));
+                }
+                Err(e) => {
+                    let kind = match e {
+                        CommitError::Conflict(_) => {
+                            report.conflicts += 1;
+                            FailureKind::Conflict
+                        }
+                        CommitError::TooLarge(_) => FailureKind::Poison,
+                        CommitError::Store(_) => FailureKind::Unavailable,
+                    };
+                    report.fail_all(all_ids(&outcomes[i]), &e.to_string(), kind);
+                    ok[i] = false;
+                }
+            }
+        }
+        let slices: Vec<&[_]> = sending.iter().map(|(_, c)| c.outbox()).collect();
+        let results = transport.send(&slices).await;
+        for ((i, _), result) in sending.iter().zip(results) {
+            if let Err(e) = result {
+                report.fail_all(
+                    all_ids(&outcomes[*i]),
+                    &e.to_string(),
+                    FailureKind::Unavailable,
+                );
+                ok[*i] = false;
+            }
+        }
+
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if ok[i] {
+                report.settled.extend(outcome.settled.iter().cloned());
+                report.add_failure(outcome);
+            }
+        }
+        report
     }
-    report
 }
 
 struct ThreadWaker(Thread);
@@ -237,6 +298,30 @@ impl Wake for ThreadWaker {
     fn wake(self: Arc<Self>) {
         self.0.unpark();
     }
+}
+
+/// Polls futures together until all are done; outputs in input order.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Drives a future to completion on the current thread: enough for the in-memory ports
