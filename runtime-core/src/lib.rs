@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod function;
 pub mod harness;
 pub mod message;
+pub mod module;
 pub mod pipeline;
 pub mod ports;
 pub mod protocol;
