@@ -119,15 +119,22 @@ fn all_ids(outcome: &AddressOutcome) -> Vec<MessageId> {
     ids
 }
 
-/// The ports and settings one batch runs through.
+/// What invokes functions: the local registry, remote functions and their learned
+/// state, and the batch settings.
 #[derive(Debug)]
-pub struct Pipeline<'a, S, T, R> {
+pub struct Invoker<'a, R> {
     pub registry: &'a Registry,
-    pub store: &'a S,
-    pub transport: &'a T,
     pub remote: &'a R,
     pub specs: &'a SpecCache,
     pub config: &'a BatchConfig,
+}
+
+/// The ports one batch runs through.
+#[derive(Debug)]
+pub struct Pipeline<'a, S, T, R> {
+    pub invoker: Invoker<'a, R>,
+    pub store: &'a S,
+    pub transport: &'a T,
 }
 
 /// Runs one batch of local functions through the ports.
@@ -141,20 +148,28 @@ pub async fn dispatch<S: StateStore, T: Transport>(
 ) -> BatchReport {
     let specs = SpecCache::default();
     let pipeline = Pipeline {
-        registry,
+        invoker: Invoker {
+            registry,
+            remote: &NoRemote,
+            specs: &specs,
+            config,
+        },
         store,
         transport,
-        remote: &NoRemote,
-        specs: &specs,
-        config,
     };
     pipeline.dispatch(now_ms, batch).await
 }
 
-impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
-    /// Whether `function_type` is a remote function (local registrations win).
+impl<R: RemoteFunctions> Invoker<'_, R> {
+    /// Whether `function_type` is a remote function: a module's endpoints take
+    /// precedence over functions compiled in.
     pub fn is_remote(&self, function_type: &crate::TypeName) -> bool {
-        !self.registry.contains(function_type) && self.remote.serves(function_type)
+        self.remote.serves(function_type)
+    }
+
+    /// Whether any function, local or remote, serves `function_type`.
+    pub fn knows(&self, function_type: &crate::TypeName) -> bool {
+        self.remote.serves(function_type) || self.registry.contains(function_type)
     }
 
     /// Processes each address's messages: local functions in place, remote ones with
@@ -189,7 +204,9 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
         }
         outcomes.into_iter().flatten().collect()
     }
+}
 
+impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
     /// Runs one batch through the ports.
     pub async fn dispatch(&self, now_ms: u64, batch: Vec<Envelope>) -> BatchReport {
         let (store, transport) = (self.store, self.transport);
@@ -204,7 +221,7 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
                 return report;
             }
         };
-        let mut outcomes = self.process(groups, loaded, now_ms).await;
+        let mut outcomes = self.invoker.process(groups, loaded, now_ms).await;
 
         // Re-sends first: the commits below replace the outboxes they come from.
         let resending: Vec<usize> = (0..outcomes.len())

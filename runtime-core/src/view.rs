@@ -4,10 +4,39 @@
 use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 
-use crate::builtin;
 use crate::state::InstanceState;
 use crate::typename::Address;
 use crate::value::TypedValue;
+use crate::{builtin, protocol};
+
+/// Bytes as JSON if they are JSON, else as a UTF-8 string, else base64.
+fn bytes_json(bytes: &[u8]) -> Json {
+    if let Ok(v) = serde_json::from_slice::<Json>(bytes) {
+        return v;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Json::from(s),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}
+
+/// The SDKs' Kafka and Kinesis egress records, decoded.
+fn egress_record_json(typename: &str, bytes: &[u8]) -> Option<Json> {
+    use prost::Message;
+    match typename {
+        protocol::KAFKA_PRODUCER_RECORD => {
+            let r = protocol::KafkaProducerRecord::decode(bytes).ok()?;
+            Some(json!({"topic": r.topic, "key": r.key, "value": bytes_json(&r.value_bytes)}))
+        }
+        protocol::KINESIS_EGRESS_RECORD => {
+            let r = protocol::KinesisEgressRecord::decode(bytes).ok()?;
+            Some(
+                json!({"stream": r.stream, "partition_key": r.partition_key, "value": bytes_json(&r.value_bytes)}),
+            )
+        }
+        _ => None,
+    }
+}
 
 fn value_json(value: &TypedValue) -> Map<String, Json> {
     let mut out = Map::new();
@@ -18,7 +47,8 @@ fn value_json(value: &TypedValue) -> Map<String, Json> {
     };
     let decoded = match builtin::to_json(&value.typename, bytes) {
         Some(r) => r.ok(),
-        None => serde_json::from_slice::<Json>(bytes).ok(),
+        None => egress_record_json(value.typename.as_str(), bytes)
+            .or_else(|| serde_json::from_slice::<Json>(bytes).ok()),
     };
     match decoded {
         Some(v) => out.insert("value".into(), v),

@@ -15,6 +15,7 @@ use crate::forwarder::TimerForwarder;
 use crate::ingress::SqsIngress;
 use crate::metrics::Metrics;
 use crate::transport::{Clients, SqsTransport};
+use statefun_remote::HttpFunctions;
 
 /// The largest message payload that still fits SQS's 256 KiB once base64-encoded in its
 /// envelope: larger ones are refused by the function's invocation with a typed error.
@@ -56,6 +57,16 @@ pub fn batch_config(config: &AwsConfig) -> BatchConfig {
     }
 }
 
+/// The HTTP client of the module's remote functions, if it declares endpoints.
+pub fn remote_functions(
+    config: &AwsConfig,
+) -> Result<Option<Arc<HttpFunctions>>, statefun_remote::SetupError> {
+    if config.module.endpoints.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(HttpFunctions::new(config.module.clone())?)))
+}
+
 /// The three handlers, each with its own request accounting.
 #[derive(Debug)]
 pub struct Handlers {
@@ -70,6 +81,17 @@ impl Handlers {
         clients: &Clients,
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::with_remote(config, clients, registry, clock, None)
+    }
+
+    /// Handlers that also call the remote functions of a module.
+    pub fn with_remote(
+        config: &AwsConfig,
+        clients: &Clients,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        remote: Option<Arc<HttpFunctions>>,
     ) -> Self {
         let transport = |metrics: &Arc<Metrics>| {
             SqsTransport::new(
@@ -108,7 +130,8 @@ impl Handlers {
             settings,
             clock.clone(),
             metrics.clone(),
-        );
+        )
+        .with_remote(remote.clone());
 
         let metrics = Arc::new(Metrics::default());
         let forwarder = TimerForwarder::new(
@@ -128,7 +151,8 @@ impl Handlers {
             dead_letters(&metrics),
             clock,
             metrics,
-        );
+        )
+        .with_remote(remote);
         Handlers {
             dispatcher,
             forwarder,

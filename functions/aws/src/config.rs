@@ -13,12 +13,14 @@
 //! | `STATEFUN_CONFLICT_RETRIES` | re-runs of an address after a version conflict, per batch | 3 |
 //! | `STATEFUN_MAX_DELAY_HOP_SECONDS` | longest delay of one hop through the delay queue (SQS: ≤ 900) | 900 |
 //! | `STATEFUN_DEDUP_RETENTION_SECONDS` | how long dedup records are kept | 1,252,800 (14 d + 12 h) |
+//! | `STATEFUN_MODULE` | path of a module.yaml: remote endpoints, SQS ingresses, egresses | none |
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 use statefun_core::TypeName;
+use statefun_core::module::{self, Module};
 
 /// A variable that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +74,8 @@ pub struct AwsConfig {
     pub conflict_retries: u32,
     pub max_delay_hop: Duration,
     pub dedup_retention: Duration,
+    /// The module file's contents (its egresses and ingresses are merged above).
+    pub module: Module,
 }
 
 fn required(
@@ -175,16 +179,70 @@ impl AwsConfig {
                 reason: format!("{max_delay_hop} is outside SQS's 1 to 900 seconds"),
             });
         }
+        let module = match lookup("STATEFUN_MODULE").filter(|p| !p.trim().is_empty()) {
+            None => Module::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                    variable: "STATEFUN_MODULE",
+                    reason: format!("reading {path}: {e}"),
+                })?;
+                Module::parse(&path, &text).map_err(|e| ConfigError {
+                    variable: "STATEFUN_MODULE",
+                    reason: e.to_string(),
+                })?
+            }
+        };
+        let mut egress = egress(&lookup("STATEFUN_EGRESS").unwrap_or_default())?;
+        for e in &module.egresses {
+            let target = match &e.target {
+                module::EgressTarget::Sqs { queue_url } => EgressTarget::Sqs {
+                    queue_url: queue_url.clone(),
+                },
+                module::EgressTarget::Sns { topic_arn } => EgressTarget::Sns {
+                    topic_arn: topic_arn.clone(),
+                },
+                module::EgressTarget::Stdout => continue,
+            };
+            egress.insert(e.id.clone(), target);
+        }
+        let mut ingress_routes = match lookup("STATEFUN_INGRESS_ROUTES") {
+            Some(spec) if !spec.trim().is_empty() => routes(&spec)?,
+            _ => Vec::new(),
+        };
+        for i in &module.sqs_ingresses {
+            match &i.routing {
+                module::SqsRouting::Routable => ingress_routes.push(IngressRoute {
+                    queue: i.queue.clone(),
+                    target: "auto".into(),
+                    id: None,
+                    typename: None,
+                }),
+                module::SqsRouting::Targets {
+                    value_type,
+                    targets,
+                    id,
+                } => {
+                    for t in targets {
+                        ingress_routes.push(IngressRoute {
+                            queue: i.queue.clone(),
+                            target: t.to_string(),
+                            id: Some(match id {
+                                module::IdFrom::Pointer(p) => IdSource::Pointer(p.clone()),
+                                module::IdFrom::Attribute(a) => IdSource::Attribute(a.clone()),
+                            }),
+                            typename: Some(value_type.to_string()),
+                        });
+                    }
+                }
+            }
+        }
         Ok(AwsConfig {
             table: required(&lookup, "STATEFUN_STATE_TABLE")?,
             inbox_url: required(&lookup, "STATEFUN_INBOX_QUEUE_URL")?,
             delay_url: required(&lookup, "STATEFUN_DELAY_QUEUE_URL")?,
             dlq_url: required(&lookup, "STATEFUN_DLQ_URL")?,
-            egress: egress(&lookup("STATEFUN_EGRESS").unwrap_or_default())?,
-            ingress_routes: match lookup("STATEFUN_INGRESS_ROUTES") {
-                Some(spec) if !spec.trim().is_empty() => routes(&spec)?,
-                _ => Vec::new(),
-            },
+            egress,
+            ingress_routes,
             max_receives: number(&lookup, "STATEFUN_MAX_RECEIVES", 5)?.clamp(1, 1000) as u32,
             conflict_retries: number(&lookup, "STATEFUN_CONFLICT_RETRIES", 3)?.min(100) as u32,
             max_delay_hop: Duration::from_secs(max_delay_hop),
@@ -193,6 +251,7 @@ impl AwsConfig {
                 "STATEFUN_DEDUP_RETENTION_SECONDS",
                 1_252_800,
             )?),
+            module,
         })
     }
 }

@@ -15,9 +15,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use statefun_core::pipeline::{FailedMessage, FailureKind, dispatch, group_by_address};
+use statefun_core::pipeline::{
+    BatchReport, FailedMessage, FailureKind, Invoker, Pipeline, group_by_address,
+};
 use statefun_core::ports::Clock;
+use statefun_core::remote::{NoRemote, SpecCache};
 use statefun_core::{BatchConfig, Envelope, MessageId, Registry, envelope};
+use statefun_remote::HttpFunctions;
 use tracing::{info, warn};
 
 use crate::dead_letter::DeadLetters;
@@ -49,6 +53,8 @@ pub struct Dispatcher {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     totals: Mutex<Snapshot>,
+    remote: Option<Arc<HttpFunctions>>,
+    specs: SpecCache,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -84,7 +90,15 @@ impl Dispatcher {
             clock,
             metrics,
             totals: Mutex::default(),
+            remote: None,
+            specs: SpecCache::default(),
         }
+    }
+
+    /// Calls the module's remote functions too.
+    pub fn with_remote(mut self, remote: Option<Arc<HttpFunctions>>) -> Self {
+        self.remote = remote;
+        self
     }
 
     /// Everything counted since start (for benchmarks).
@@ -147,6 +161,41 @@ impl Dispatcher {
         response
     }
 
+    /// One pass of the core pipeline, with the module's remote functions if any.
+    async fn dispatch(&self, batch: Vec<Envelope>) -> BatchReport {
+        let now = self.clock.now_ms();
+        match &self.remote {
+            Some(remote) => {
+                let invoker = Invoker {
+                    registry: &self.registry,
+                    remote: remote.as_ref(),
+                    specs: &self.specs,
+                    config: &self.settings.batch,
+                };
+                let pipeline = Pipeline {
+                    invoker,
+                    store: &self.store,
+                    transport: &self.transport,
+                };
+                pipeline.dispatch(now, batch).await
+            }
+            None => {
+                let invoker = Invoker {
+                    registry: &self.registry,
+                    remote: &NoRemote,
+                    specs: &self.specs,
+                    config: &self.settings.batch,
+                };
+                let pipeline = Pipeline {
+                    invoker,
+                    store: &self.store,
+                    transport: &self.transport,
+                };
+                pipeline.dispatch(now, batch).await
+            }
+        }
+    }
+
     /// Runs the decoded records; returns the record ids to report as failed.
     async fn run(&self, received: &[Received]) -> Vec<String> {
         let records_of = |id: &MessageId| -> Vec<usize> {
@@ -168,15 +217,7 @@ impl Dispatcher {
                 .iter()
                 .map(|&i| received[i].envelope.clone())
                 .collect();
-            let report = dispatch(
-                &self.registry,
-                &self.store,
-                &self.transport,
-                &self.settings.batch,
-                self.clock.now_ms(),
-                batch,
-            )
-            .await;
+            let report = self.dispatch(batch).await;
             let verdicts: HashMap<MessageId, FailedMessage> = report
                 .failed
                 .into_iter()

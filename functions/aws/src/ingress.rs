@@ -30,6 +30,7 @@ pub struct SqsIngress {
     dead_letters: DeadLetters,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    remote: Option<Arc<statefun_remote::HttpFunctions>>,
 }
 
 impl std::fmt::Debug for SqsIngress {
@@ -147,7 +148,14 @@ impl SqsIngress {
             dead_letters,
             clock,
             metrics,
+            remote: None,
         }
+    }
+
+    /// Routes to the module's remote functions too.
+    pub fn with_remote(mut self, remote: Option<Arc<statefun_remote::HttpFunctions>>) -> Self {
+        self.remote = remote;
+        self
     }
 
     fn route(&self, record: &SqsMessage, body: &str) -> Result<(Address, TypedValue), String> {
@@ -162,7 +170,10 @@ impl SqsIngress {
         } else {
             routed(route, record, body)?
         };
-        if !self.registry.contains(&address.function_type) {
+        let remote = self.remote.as_ref().is_some_and(|r| {
+            statefun_core::remote::RemoteFunctions::serves(r.as_ref(), &address.function_type)
+        });
+        if !remote && !self.registry.contains(&address.function_type) {
             return Err(format!(
                 "no function is registered for type {}",
                 address.function_type

@@ -123,6 +123,10 @@ struct RunArgs {
     /// Messages taken per processing round.
     #[arg(long, default_value_t = 4096)]
     max_batch_messages: usize,
+    /// A module.yaml: remote function endpoints (StateFun's io.statefun.endpoints.v2/http),
+    /// which function types the HTTP ingress exposes, egress declarations.
+    #[arg(long)]
+    module: Option<PathBuf>,
     /// Test fail point: abort right after this many state commits, before their sends.
     #[arg(long, hide = true)]
     crash_after_commits: Option<u64>,
@@ -175,6 +179,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.max_batch_messages = args.max_batch_messages.max(1);
     config.crash_after_commits = args.crash_after_commits;
+    if let Some(path) = &args.module {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let module = statefun_core::module::Module::parse(&path.display().to_string(), &text)?;
+        for egress in &module.egresses {
+            if egress.target != statefun_core::module::EgressTarget::Stdout {
+                info!(egress = %egress.id, "egress records go to stdout in the embedded runtime");
+            }
+        }
+        info!(
+            endpoints = module.endpoints.len(),
+            "loaded {}",
+            path.display()
+        );
+        config.remote = Some(std::sync::Arc::new(statefun_embedded::HttpFunctions::new(
+            module,
+        )?));
+    }
     let mut runtime = Runtime::start(registry, config, Box::new(StdoutEgress))
         .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));

@@ -21,10 +21,12 @@ use std::time::Duration;
 use redb::{
     Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
 };
+use statefun_core::pipeline::{Invoker, block_on};
 use statefun_core::ports::Clock;
+use statefun_core::remote::{NoRemote, RemoteFunctions, SpecCache};
 use statefun_core::{
     Address, AddressOutcome, EgressRecord, Envelope, InstanceState, MessageId, OutboxEntry,
-    Registry, TypedValue, process_address,
+    Registry, TypedValue,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -175,6 +177,8 @@ pub(crate) struct Engine {
     retry_at: HashMap<Address, u64>,
     next_seq: u64,
     commits: u64,
+    specs: SpecCache,
+    tokio: Option<tokio::runtime::Handle>,
 }
 
 fn backoff_ms(attempts: u32) -> u64 {
@@ -215,6 +219,8 @@ impl Engine {
             retry_at: HashMap::new(),
             next_seq: recovered.next_seq,
             commits: 0,
+            specs: SpecCache::default(),
+            tokio: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -263,6 +269,15 @@ impl Engine {
         Ok(())
     }
 
+    /// The most messages one invocation batch of `t` may carry: a remote endpoint's
+    /// `maxNumBatchRequests`; the rest wait for the next round (backpressure).
+    fn max_batch(&self, t: &statefun_core::TypeName) -> usize {
+        self.config
+            .remote
+            .as_ref()
+            .map_or(usize::MAX, |r| r.max_batch(t))
+    }
+
     fn select(&self, now: u64) -> Vec<(Address, Vec<u64>)> {
         let mut index: HashMap<&Address, usize> = HashMap::new();
         let mut groups: Vec<(Address, Vec<u64>)> = Vec::new();
@@ -276,6 +291,7 @@ impl Engine {
                 continue;
             }
             match index.get(target) {
+                Some(&i) if groups[i].1.len() >= self.max_batch(&target.function_type) => continue,
                 Some(&i) => groups[i].1.push(seq),
                 None => {
                     index.insert(target, groups.len());
@@ -326,24 +342,17 @@ impl Engine {
         let groups = self.select(now);
         let addresses: Vec<&Address> = groups.iter().map(|(a, _)| a).collect();
         let loaded = self.load(&addresses)?;
-        let outcomes: Vec<AddressOutcome> = groups
+        let batches: Vec<(Address, Vec<Envelope>)> = groups
             .iter()
-            .zip(loaded)
-            .map(|((address, seqs), state)| {
+            .map(|(address, seqs)| {
                 let messages = seqs
                     .iter()
                     .map(|s| self.pending[s].envelope.clone())
                     .collect();
-                process_address(
-                    &self.registry,
-                    address,
-                    state,
-                    messages,
-                    now,
-                    &self.config.batch,
-                )
+                (address.clone(), messages)
             })
             .collect();
+        let outcomes = self.invoke(batches, loaded, now);
 
         let mut seq = self.next_seq;
         let mut delta = Delta::default();
@@ -497,6 +506,36 @@ impl Engine {
             let _ = reply.send(id);
         }
         Ok(())
+    }
+
+    /// Runs the round's invocation batches: local functions in place, remote ones
+    /// concurrently over HTTP (the round waits for the slowest).
+    fn invoke(
+        &self,
+        batches: Vec<(Address, Vec<Envelope>)>,
+        loaded: Vec<Option<InstanceState>>,
+        now: u64,
+    ) -> Vec<AddressOutcome> {
+        match (&self.config.remote, &self.tokio) {
+            (Some(remote), Some(tokio)) => {
+                let invoker = Invoker {
+                    registry: &self.registry,
+                    remote: remote.as_ref(),
+                    specs: &self.specs,
+                    config: &self.config.batch,
+                };
+                tokio.block_on(invoker.process(batches, loaded, now))
+            }
+            _ => {
+                let invoker = Invoker {
+                    registry: &self.registry,
+                    remote: &NoRemote,
+                    specs: &self.specs,
+                    config: &self.config.batch,
+                };
+                block_on(invoker.process(batches, loaded, now))
+            }
+        }
     }
 
     /// Which of a group's inbox rows an outcome settles, and the row of its failed

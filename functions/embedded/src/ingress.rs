@@ -91,10 +91,19 @@ fn address(
 ) -> Result<Address, Rejection> {
     let function_type =
         TypeName::new(namespace, ty).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    if !handle.registry().contains(&function_type) {
+    if !handle.knows(&function_type) {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("no function is registered for type {function_type}"),
+        ));
+    }
+    if !handle.exposed(&function_type) {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "function type {function_type} is not exposed by the HTTP ingress \
+                 (module.yaml: io.statefun-lambda.ingress.v1/http)"
+            ),
         ));
     }
     if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {

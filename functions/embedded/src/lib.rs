@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use redb::Database;
 use statefun_core::ports::{Clock, SystemClock};
-use statefun_core::{Address, BatchConfig, EgressRecord, MessageId, Registry, TypedValue};
+use statefun_core::{
+    Address, BatchConfig, EgressRecord, MessageId, Registry, TypeName, TypedValue,
+};
+pub use statefun_remote::HttpFunctions;
 use tokio::sync::oneshot;
 
 mod engine;
@@ -85,6 +88,8 @@ pub struct EmbeddedConfig {
     /// Test fail point: abort the process right after this many state commits, before
     /// their sends.
     pub crash_after_commits: Option<u64>,
+    /// Remote functions and the rest of a module.yaml.
+    pub remote: Option<Arc<HttpFunctions>>,
 }
 
 impl EmbeddedConfig {
@@ -99,6 +104,7 @@ impl EmbeddedConfig {
             ingress_key_retention: Duration::from_secs(24 * 3600),
             cache_capacity: 1_000_000,
             crash_after_commits: None,
+            remote: None,
         }
     }
 }
@@ -137,6 +143,7 @@ pub struct RuntimeHandle {
     tx: Sender<Command>,
     db: Arc<Database>,
     registry: Arc<Registry>,
+    remote: Option<Arc<HttpFunctions>>,
     clock: Arc<dyn Clock>,
     max_body_bytes: usize,
 }
@@ -167,6 +174,15 @@ impl Runtime {
         let registry = Arc::new(registry);
         let (tx, rx) = mpsc::channel();
         let max_body_bytes = config.max_body_bytes;
+        let remote = config.remote.clone();
+        if remote.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(EmbeddedError::Io(
+                "remote functions".into(),
+                std::io::Error::other(
+                    "start the runtime from within a tokio runtime to call remote functions",
+                ),
+            ));
+        }
         let engine = Engine::new(
             db.clone(),
             registry.clone(),
@@ -190,6 +206,7 @@ impl Runtime {
                 tx,
                 db,
                 registry,
+                remote,
                 clock,
                 max_body_bytes,
             },
@@ -265,6 +282,21 @@ impl RuntimeHandle {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Whether a local or remote function serves `t`.
+    pub fn knows(&self, t: &TypeName) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| statefun_core::remote::RemoteFunctions::serves(r.as_ref(), t))
+            || self.registry.contains(t)
+    }
+
+    /// Whether the HTTP ingress may address `t` (the module's declaration, if any).
+    pub fn exposed(&self, t: &TypeName) -> bool {
+        self.remote
+            .as_ref()
+            .is_none_or(|r| r.module().http_exposes(t))
     }
 
     pub fn max_body_bytes(&self) -> usize {
