@@ -14,10 +14,12 @@ pub async fn cold_start() -> Result<Arc<Handlers>, lambda_runtime::Error> {
     let config = AwsConfig::from_env()?;
     let registry = statefun_examples::registry(statefun_examples::ExamplesConfig::default())?;
     let sdk = sdk_config(None, false).await;
-    Ok(Arc::new(Handlers::new(
+    let remote = statefun_aws::app::remote_functions(&config)?;
+    Ok(Arc::new(Handlers::with_remote(
         &config,
         &clients(&sdk),
         Arc::new(registry),
         Arc::new(SystemClock),
+        remote,
     )))
 }

@@ -248,11 +248,13 @@ async fn poll(args: PollArgs) -> anyhow::Result<()> {
     let clients = aws_clients(&args.aws).await;
     let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
     let registry = statefun_examples::registry(ExamplesConfig::default())?;
-    let handlers = std::sync::Arc::new(statefun_aws::app::Handlers::new(
+    let remote = statefun_aws::app::remote_functions(&config)?;
+    let handlers = std::sync::Arc::new(statefun_aws::app::Handlers::with_remote(
         &config,
         &clients,
         std::sync::Arc::new(registry),
         std::sync::Arc::new(statefun_core::ports::SystemClock),
+        remote,
     ));
     let mut queues = vec![
         ("dispatcher", config.inbox_url.clone()),
