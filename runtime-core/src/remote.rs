@@ -111,10 +111,10 @@ pub async fn invoke<R: RemoteFunctions>(
         let response = remote.call(&function_type, batch.request(&known)).await;
         let response = match response {
             Err(e) => return batch.complete(Err(ProcessError::Unavailable(e.0)), &known, config),
+            // An empty FromFunction is an invocation with no effects (as the reference
+            // runtime reads the default `invocation_result`).
             Ok(FromFunction { response: None }) => {
-                let e =
-                    ProcessError::Unavailable("the function answered an empty FromFunction".into());
-                return batch.complete(Err(e), &known, config);
+                return batch.complete(Ok(Default::default()), &known, config);
             }
             Ok(FromFunction { response: Some(r) }) => r,
         };

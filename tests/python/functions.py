@@ -73,10 +73,10 @@ async def pingpong(context: Context, message: Message):
     if context.caller is None:
         kind, raw = message.as_string().split(":", 1)
         value, value_type = {
-            "int": (int(raw or 0), IntType), "long": (int(raw or 0), LongType),
-            "string": (raw, StringType), "bool": (raw == "true", BoolType),
-            "pair": ({"a": raw, "n": 0}, PAIR),
-        }[kind]
+            "int": lambda: (int(raw or 0), IntType), "long": lambda: (int(raw or 0), LongType),
+            "string": lambda: (raw, StringType), "bool": lambda: (raw == "true", BoolType),
+            "pair": lambda: ({"a": raw, "n": 0}, PAIR),
+        }[kind]()
         context.send(message_builder(target_typename="rs/echo", target_id=context.address.id,
                                      value=value, value_type=value_type))
         return

@@ -363,3 +363,120 @@ impl Aws {
         out
     }
 }
+
+/// The Python remote functions (`tests/python/functions.py`, official StateFun SDK)
+/// served by aiohttp on a loopback port; stopped on drop.
+#[derive(Debug)]
+pub struct PythonFunctions {
+    child: Child,
+    pub port: u16,
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("STATEFUN_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-sdk/bin/python");
+    assert!(
+        venv.exists(),
+        "the StateFun Python SDK venv is missing at {}: run `python3 -m venv .venv-sdk && \
+         .venv-sdk/bin/pip install apache-flink-statefun==3.3.0 'protobuf<4' aiohttp` (scripts/test.sh does)",
+        venv.display()
+    );
+    venv
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl PythonFunctions {
+    pub fn start(port: u16) -> PythonFunctions {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/functions.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Python functions");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            match stdout.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => panic!(
+                    "the Python functions did not start: {}",
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+        PythonFunctions { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Queues `count` faults of `kind` (500, garbage, ctype, slow) on the /fault route.
+    pub fn inject(&self, kind: &str, count: u32) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let req = format!(
+            "POST /control?fault={kind}&count={count} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+}
+
+impl Drop for PythonFunctions {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A module for the Python functions on `port` (`example/person`, `example/greeter`,
+/// `py/*` on the SDK route, `faulty/*` behind the fault route with short timeouts,
+/// `raw/*` on hand-written endpoints).
+pub fn python_module(port: u16) -> String {
+    format!(
+        r#"kind: io.statefun.endpoints.v2/http
+spec:
+  functions: example/person
+  urlPathTemplate: http://127.0.0.1:{port}/statefun
+---
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: example/greeter
+  urlPathTemplate: http://127.0.0.1:{port}/statefun
+---
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: py/*
+  urlPathTemplate: http://127.0.0.1:{port}/statefun
+  maxNumBatchRequests: 50
+---
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: faulty/*
+  urlPathTemplate: http://127.0.0.1:{port}/fault
+  transport:
+    call: 2s
+    connect: 1s
+---
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: raw/*
+  urlPathTemplate: http://127.0.0.1:{port}/raw/{{function.name}}
+"#
+    )
+}

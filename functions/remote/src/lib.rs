@@ -6,6 +6,8 @@
 //! - other 4xx fail at once;
 //! - a 2xx must carry `application/octet-stream` and a decodable `FromFunction` no
 //!   larger than `payload_max_bytes`; otherwise the call is retried like an IO error.
+//!   An empty body is an empty `FromFunction`: the Python SDK answers so when an
+//!   invocation changes nothing, and the reference runtime reads it as no effects.
 //!
 //! When retries run out the call fails, and the host fails the batch's messages back to
 //! its queue: nothing is lost, nothing applied twice (the effects commit only with a
@@ -146,9 +148,6 @@ impl HttpFunctions {
                     ));
                 }
             };
-            if bytes.is_empty() {
-                return Attempt::Retry(format!("{url} answered an empty body"));
-            }
             match FromFunction::decode(bytes) {
                 Ok(r) => Attempt::Done(r),
                 Err(e) => Attempt::Retry(format!(

@@ -1,0 +1,350 @@
+//! Remote functions written with the official StateFun Python SDK (PyPI
+//! `apache-flink-statefun`), served by aiohttp on loopback: in the embedded runtime and
+//! through the AWS path on the emulator.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use statefun_core::module::Module;
+use statefun_core::ports::{Clock, ManualClock, SystemClock};
+use statefun_core::{Address, EgressRecord, Registry, TypeName, TypedValue};
+use statefun_e2e::{Aws, Dynamo, PythonFunctions, free_port, python_module};
+use statefun_embedded::{EgressSink, EmbeddedConfig, HttpFunctions, Runtime, RuntimeHandle};
+use statefun_examples::greeter::GreetRequest;
+
+type Records = Arc<Mutex<Vec<EgressRecord>>>;
+
+struct Capture(Records);
+impl EgressSink for Capture {
+    fn emit(&mut self, record: &EgressRecord) -> std::io::Result<()> {
+        self.0.lock().expect("records").push(record.clone());
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The examples plus `rs/echo`, which sends every message back to its caller.
+fn registry() -> Registry {
+    let mut r = statefun_examples::registry(Default::default()).expect("registry");
+    r.register_fn("rs/echo", vec![], |ctx, msg| {
+        if let Some(caller) = ctx.caller().cloned() {
+            ctx.send_value(caller, msg.clone());
+        }
+        Ok(())
+    })
+    .expect("register");
+    r
+}
+
+struct Embedded {
+    runtime: Option<Runtime>,
+    handle: RuntimeHandle,
+    egress: Records,
+    _dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    fn start(module_port: u16, clock: Arc<dyn Clock>) -> Embedded {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let module = Module::parse("module.yaml", &python_module(module_port)).expect("module");
+        let mut config = EmbeddedConfig::new(dir.path());
+        config.remote = Some(Arc::new(HttpFunctions::new(module).expect("clients")));
+        let egress: Records = Arc::default();
+        let runtime =
+            Runtime::start_with_clock(registry(), config, Box::new(Capture(egress.clone())), clock)
+                .expect("start");
+        let handle = runtime.handle();
+        Embedded {
+            runtime: Some(runtime),
+            handle,
+            egress,
+            _dir: dir,
+        }
+    }
+
+    async fn send(&self, to: Address, value: TypedValue) {
+        self.handle.submit(to, value, None).await.expect("accepted");
+    }
+
+    fn state(&self, a: &Address) -> Json {
+        self.handle.state_json(a).expect("state")
+    }
+
+    async fn until(&self, a: &Address, within: Duration, check: impl Fn(&Json) -> bool) -> Json {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.state(a);
+            if check(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "state of {a} never got there: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(r) = self.runtime.take() {
+            let _ = r.shutdown();
+        }
+    }
+}
+
+fn at(t: &'static str, id: &str) -> Address {
+    Address::new(TypeName::from_static(t), id)
+}
+
+fn text(s: &str) -> TypedValue {
+    TypedValue::of(&s.to_string())
+}
+
+fn greet(name: &str) -> TypedValue {
+    TypedValue::of(&GreetRequest {
+        name: name.into(),
+        visits: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_playground_greeter_runs_in_the_embedded_runtime() {
+    let py = PythonFunctions::start(free_port());
+    let e = Embedded::start(py.port, Arc::new(SystemClock));
+    let bob = at("example/person", "Bob");
+    e.send(bob.clone(), greet("Bob")).await;
+    e.send(bob.clone(), greet("Bob")).await;
+    let s = e
+        .until(&bob, Duration::from_secs(20), |s| {
+            s["state"]["visits"]["value"] == 2
+        })
+        .await;
+    assert_eq!(s["state"]["visits"]["typename"], "io.statefun.types/int");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.egress.lock().expect("records").len() < 2 {
+        assert!(Instant::now() < deadline, "no greetings");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let records: Vec<Json> = e
+        .egress
+        .lock()
+        .expect("records")
+        .iter()
+        .map(statefun_core::view::egress_json)
+        .collect();
+    assert_eq!(records[0]["egress"], "example/greets");
+    assert_eq!(
+        records[0]["typename"],
+        "type.googleapis.com/io.statefun.sdk.egress.KafkaProducerRecord"
+    );
+    assert_eq!(
+        records[0]["value"],
+        serde_json::json!({"topic": "greetings", "key": "Bob", "value": "Hi Bob, first visit"})
+    );
+    assert_eq!(records[1]["value"]["value"], "Hi Bob, visit number 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_state_declared_in_python_expires_on_the_runtimes_clock() {
+    let py = PythonFunctions::start(free_port());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let e = Embedded::start(py.port, clock.clone());
+    let a = at("py/expiring", "x");
+    e.send(a.clone(), text("set")).await;
+    e.until(&a, Duration::from_secs(20), |s| s["version"] == 1)
+        .await;
+    clock.advance(Duration::from_millis(1500));
+    e.send(a.clone(), text("touch")).await;
+    e.until(&a, Duration::from_secs(20), |s| s["version"] == 2)
+        .await;
+    clock.advance(Duration::from_millis(1000));
+    let s = e.state(&a);
+    assert!(
+        s["state"].get("written").is_none(),
+        "after-write expired 2 s after the write: {s}"
+    );
+    assert_eq!(
+        s["state"]["called"]["value"], 1,
+        "after-call kept alive by the call at 1.5 s: {s}"
+    );
+    clock.advance(Duration::from_millis(1100));
+    assert!(
+        e.state(&a)["state"].get("called").is_none(),
+        "2 s after the last call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_to_rust_to_python_keeps_every_type_including_zero_and_empty() {
+    let py = PythonFunctions::start(free_port());
+    let e = Embedded::start(py.port, Arc::new(SystemClock));
+    let cases = [
+        ("int:0", "int", Json::from(0)),
+        ("long:0", "long", Json::from(0)),
+        ("string:", "string", Json::from("")),
+        ("bool:false", "bool", Json::from(false)),
+        ("pair:x", "pair", serde_json::json!({"a": "x", "n": 0})),
+        ("int:-7", "int", Json::from(-7)),
+        (
+            "long:9007199254740993",
+            "long",
+            Json::from(9007199254740993i64),
+        ),
+        ("string:hé 🙂", "string", Json::from("hé 🙂")),
+        ("bool:true", "bool", Json::from(true)),
+    ];
+    for (i, (command, cell, expected)) in cases.iter().enumerate() {
+        let a = at("py/pingpong", &format!("p{i}"));
+        e.send(a.clone(), text(command)).await;
+        let s = e
+            .until(&a, Duration::from_secs(20), |s| {
+                s["state"]["returns"]["value"] == 1
+            })
+            .await;
+        assert_eq!(&s["state"][*cell]["value"], expected, "{command}: {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_after_cancel_and_egress_from_python() {
+    let py = PythonFunctions::start(free_port());
+    let e = Embedded::start(py.port, Arc::new(SystemClock));
+    let t = at("py/timer", "t");
+    let counter = at("example/counter", "t");
+    let started = Instant::now();
+    e.send(t.clone(), text("later:keep")).await;
+    e.send(t.clone(), text("later:drop")).await;
+    e.send(t.clone(), text("cancel:drop")).await;
+    e.send(t.clone(), text("egress")).await;
+    e.until(&counter, Duration::from_secs(20), |s| {
+        s["state"]["count"]["value"] == 1
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(1), "arrived early");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        e.state(&counter)["state"]["count"]["value"],
+        1,
+        "the cancelled one must not arrive"
+    );
+    let records = e.egress.lock().expect("records").clone();
+    let out: Vec<_> = records
+        .iter()
+        .filter(|r| r.egress.as_str() == "py/out")
+        .collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].value.decode::<String>().as_deref(),
+        Ok("from python")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_failures_are_retried_and_failed_back_without_loss() {
+    let py = PythonFunctions::start(free_port());
+    let e = Embedded::start(py.port, Arc::new(SystemClock));
+    let c = at("faulty/counter", "x");
+    let count = |n: i64| move |s: &Json| s["state"]["count"]["value"] == n;
+    // Within one call: 500s, a garbage body and a wrong content type are retried.
+    py.inject("500", 2);
+    py.inject("garbage", 1);
+    py.inject("ctype", 1);
+    e.send(c.clone(), TypedValue::of(&1i64)).await;
+    e.until(&c, Duration::from_secs(20), count(1)).await;
+    // A response slower than the 2 s call timeout is retried.
+    py.inject("slow", 1);
+    e.send(c.clone(), TypedValue::of(&10i64)).await;
+    e.until(&c, Duration::from_secs(20), count(11)).await;
+    // More failures than one call timeout absorbs: the message fails back to the retry
+    // path and is applied once the endpoint recovers.
+    py.inject("500", 40);
+    e.send(c.clone(), TypedValue::of(&100i64)).await;
+    e.until(&c, Duration::from_secs(60), count(111)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(e.state(&c)["state"]["count"]["value"], 111, "applied once");
+    assert!(e.handle.dead_letters().expect("dead letters").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_fails_back_until_the_function_is_up() {
+    let port = free_port();
+    let e = Embedded::start(port, Arc::new(SystemClock));
+    let c = at("faulty/counter", "y");
+    e.send(c.clone(), TypedValue::of(&5i64)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        e.state(&c)["version"],
+        0,
+        "nothing applied while the endpoint is down"
+    );
+    assert!(
+        e.handle.dead_letters().expect("dead letters").is_empty(),
+        "not dead-lettered"
+    );
+    let _py = PythonFunctions::start(port);
+    e.until(&c, Duration::from_secs(60), |s| {
+        s["state"]["count"]["value"] == 5
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_mutation_of_the_wrong_type_is_a_clear_error() {
+    let py = PythonFunctions::start(free_port());
+    let e = Embedded::start(py.port, Arc::new(SystemClock));
+    e.send(at("raw/badstate", "b"), text("x")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = e.handle.dead_letters().expect("dead letters");
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        letters[0].reason,
+        "function failed: state \"n\" is declared as io.statefun.types/int but holds or was given a io.statefun.types/string"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_playground_greeter_runs_through_the_aws_path() {
+    let py = PythonFunctions::start(free_port());
+    let mut aws = Aws::start(
+        Dynamo::Moto,
+        registry(),
+        &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
+        &["greets"],
+    )
+    .await;
+    let mut config = aws.config.clone();
+    config.module = Module::parse("module.yaml", &python_module(py.port)).expect("module");
+    let remote = statefun_aws::app::remote_functions(&config).expect("clients");
+    aws.handlers = Arc::new(statefun_aws::app::Handlers::with_remote(
+        &config,
+        &aws.clients,
+        Arc::new(registry()),
+        Arc::new(SystemClock),
+        remote,
+    ));
+    let ann = at("example/person", "Ann");
+    aws.send(ann.clone(), greet("Ann"), "1").await;
+    aws.send(ann.clone(), greet("Ann"), "2").await;
+    aws.drain(Duration::from_millis(500)).await;
+    assert_eq!(aws.state(&ann).await["state"]["visits"]["value"], 2);
+    let greets: Vec<Json> = aws
+        .take_all(&aws.url_of("greets"))
+        .await
+        .iter()
+        .map(|(b, _)| serde_json::from_str(b).expect("json"))
+        .collect();
+    let values: Vec<&Json> = greets.iter().map(|g| &g["value"]["value"]).collect();
+    assert_eq!(values, ["Hi Ann, first visit", "Hi Ann, visit number 2"]);
+    assert_eq!(greets[0]["value"]["topic"], "greetings");
+}
