@@ -13,6 +13,7 @@
 //! its queue: nothing is lost, nothing applied twice (the effects commit only with a
 //! response).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -45,6 +46,17 @@ struct Endpoint {
 pub struct HttpFunctions {
     module: Module,
     endpoints: Vec<Endpoint>,
+    requests: AtomicU64,
+    invocations: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+/// Requests sent and invocations they carried, since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallStats {
+    pub requests: u64,
+    pub invocations: u64,
+    pub largest_batch: u64,
 }
 
 impl std::fmt::Debug for HttpFunctions {
@@ -92,7 +104,21 @@ impl HttpFunctions {
                 })
             })
             .collect::<Result<_, SetupError>>()?;
-        Ok(HttpFunctions { module, endpoints })
+        Ok(HttpFunctions {
+            module,
+            endpoints,
+            requests: AtomicU64::new(0),
+            invocations: AtomicU64::new(0),
+            largest_batch: AtomicU64::new(0),
+        })
+    }
+
+    pub fn stats(&self) -> CallStats {
+        CallStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            invocations: self.invocations.load(Ordering::Relaxed),
+            largest_batch: self.largest_batch.load(Ordering::Relaxed),
+        }
     }
 
     pub fn module(&self) -> &Module {
@@ -182,6 +208,14 @@ impl RemoteFunctions for HttpFunctions {
             .endpoint(function_type)
             .ok_or_else(|| RemoteError(format!("no endpoint serves {function_type}")))?;
         let url = endpoint.spec.url(function_type);
+        if let Some(statefun_core::protocol::to_function::Request::Invocation(batch)) =
+            &request.request
+        {
+            let n = batch.invocations.len() as u64;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.invocations.fetch_add(n, Ordering::Relaxed);
+            self.largest_batch.fetch_max(n, Ordering::Relaxed);
+        }
         let body = Bytes::from(request.encode_to_vec());
         if body.len() > endpoint.spec.payload_max_bytes {
             return Err(RemoteError(format!(
