@@ -39,6 +39,44 @@ pub trait RemoteFunctions: Send + Sync {
     ) -> impl Future<Output = Result<FromFunction, RemoteError>> + Send;
 }
 
+/// Shared clients call through.
+impl<R: RemoteFunctions> RemoteFunctions for std::sync::Arc<R> {
+    fn serves(&self, function_type: &TypeName) -> bool {
+        R::serves(self, function_type)
+    }
+    fn max_batch(&self, function_type: &TypeName) -> usize {
+        R::max_batch(self, function_type)
+    }
+    fn call(
+        &self,
+        function_type: &TypeName,
+        request: ToFunction,
+    ) -> impl Future<Output = Result<FromFunction, RemoteError>> + Send {
+        R::call(self, function_type, request)
+    }
+}
+
+/// Optional remote functions: `None` serves nothing.
+impl<R: RemoteFunctions> RemoteFunctions for Option<R> {
+    fn serves(&self, function_type: &TypeName) -> bool {
+        self.as_ref().is_some_and(|r| r.serves(function_type))
+    }
+    fn max_batch(&self, function_type: &TypeName) -> usize {
+        self.as_ref()
+            .map_or(usize::MAX, |r| r.max_batch(function_type))
+    }
+    async fn call(
+        &self,
+        function_type: &TypeName,
+        request: ToFunction,
+    ) -> Result<FromFunction, RemoteError> {
+        match self {
+            Some(r) => r.call(function_type, request).await,
+            None => NoRemote.call(function_type, request).await,
+        }
+    }
+}
+
 /// No remote functions.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoRemote;

@@ -14,12 +14,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use statefun_core::pipeline::{
     BatchReport, FailedMessage, FailureKind, Invoker, Pipeline, group_by_address,
 };
 use statefun_core::ports::Clock;
-use statefun_core::remote::{NoRemote, SpecCache};
+use statefun_core::remote::SpecCache;
 use statefun_core::{BatchConfig, Envelope, MessageId, Registry, envelope};
 use statefun_remote::HttpFunctions;
 use tracing::{info, warn};
@@ -63,12 +63,6 @@ impl std::fmt::Debug for Dispatcher {
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
-}
-
-fn failure(record_id: &str) -> BatchItemFailure {
-    let mut f = BatchItemFailure::default();
-    f.item_identifier = record_id.to_string();
-    f
 }
 
 impl Dispatcher {
@@ -156,44 +150,23 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add(&snapshot);
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed.iter().map(|id| failure(id)).collect();
-        response
+        crate::batch_response(&failed)
     }
 
     /// One pass of the core pipeline, with the module's remote functions if any.
     async fn dispatch(&self, batch: Vec<Envelope>) -> BatchReport {
-        let now = self.clock.now_ms();
-        match &self.remote {
-            Some(remote) => {
-                let invoker = Invoker {
-                    registry: &self.registry,
-                    remote: remote.as_ref(),
-                    specs: &self.specs,
-                    config: &self.settings.batch,
-                };
-                let pipeline = Pipeline {
-                    invoker,
-                    store: &self.store,
-                    transport: &self.transport,
-                };
-                pipeline.dispatch(now, batch).await
-            }
-            None => {
-                let invoker = Invoker {
-                    registry: &self.registry,
-                    remote: &NoRemote,
-                    specs: &self.specs,
-                    config: &self.settings.batch,
-                };
-                let pipeline = Pipeline {
-                    invoker,
-                    store: &self.store,
-                    transport: &self.transport,
-                };
-                pipeline.dispatch(now, batch).await
-            }
-        }
+        let invoker = Invoker {
+            registry: &self.registry,
+            remote: &self.remote,
+            specs: &self.specs,
+            config: &self.settings.batch,
+        };
+        let pipeline = Pipeline {
+            invoker,
+            store: &self.store,
+            transport: &self.transport,
+        };
+        pipeline.dispatch(self.clock.now_ms(), batch).await
     }
 
     /// Runs the decoded records; returns the record ids to report as failed.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use statefun_core::envelope::{self, TimerMessage};
 use statefun_core::ports::Clock;
@@ -36,12 +36,6 @@ impl std::fmt::Debug for TimerForwarder {
             .field("table", &self.table)
             .finish_non_exhaustive()
     }
-}
-
-fn failure(record_id: &str) -> BatchItemFailure {
-    let mut f = BatchItemFailure::default();
-    f.item_identifier = record_id.to_string();
-    f
 }
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
@@ -192,8 +186,6 @@ impl TimerForwarder {
             "{}",
             self.metrics.take().emf("timer-forwarder", records, now)
         );
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed.iter().map(|id| failure(id)).collect();
-        response
+        crate::batch_response(&failed)
     }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -170,9 +170,8 @@ impl SqsIngress {
         } else {
             routed(route, record, body)?
         };
-        let remote = self.remote.as_ref().is_some_and(|r| {
-            statefun_core::remote::RemoteFunctions::serves(r.as_ref(), &address.function_type)
-        });
+        let remote =
+            statefun_core::remote::RemoteFunctions::serves(&self.remote, &address.function_type);
         if !remote && !self.registry.contains(&address.function_type) {
             return Err(format!(
                 "no function is registered for type {}",
@@ -230,15 +229,6 @@ impl SqsIngress {
                 .take()
                 .emf("sqs-ingress", records, self.clock.now_ms())
         );
-        let mut response = SqsBatchResponse::default();
-        response.batch_item_failures = failed
-            .iter()
-            .map(|id| {
-                let mut f = BatchItemFailure::default();
-                f.item_identifier = id.clone();
-                f
-            })
-            .collect();
-        response
+        crate::batch_response(&failed)
     }
 }

@@ -13,3 +13,17 @@ pub mod keys;
 pub mod local;
 pub mod metrics;
 pub mod transport;
+
+/// The partial batch response reporting `failed` record ids to the event source.
+pub(crate) fn batch_response(failed: &[String]) -> aws_lambda_events::event::sqs::SqsBatchResponse {
+    let mut response = aws_lambda_events::event::sqs::SqsBatchResponse::default();
+    response.batch_item_failures = failed
+        .iter()
+        .map(|id| {
+            let mut f = aws_lambda_events::event::sqs::BatchItemFailure::default();
+            f.item_identifier = id.clone();
+            f
+        })
+        .collect();
+    response
+}

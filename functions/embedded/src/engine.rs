@@ -23,7 +23,7 @@ use redb::{
 };
 use statefun_core::pipeline::{Invoker, block_on};
 use statefun_core::ports::Clock;
-use statefun_core::remote::{NoRemote, RemoteFunctions, SpecCache};
+use statefun_core::remote::{RemoteFunctions, SpecCache};
 use statefun_core::{
     Address, AddressOutcome, EgressRecord, Envelope, InstanceState, MessageId, OutboxEntry,
     Registry, TypedValue,
@@ -272,10 +272,7 @@ impl Engine {
     /// The most messages one invocation batch of `t` may carry: a remote endpoint's
     /// `maxNumBatchRequests`; the rest wait for the next round (backpressure).
     fn max_batch(&self, t: &statefun_core::TypeName) -> usize {
-        self.config
-            .remote
-            .as_ref()
-            .map_or(usize::MAX, |r| r.max_batch(t))
+        self.config.remote.max_batch(t)
     }
 
     fn select(&self, now: u64) -> Vec<(Address, Vec<u64>)> {
@@ -516,25 +513,17 @@ impl Engine {
         loaded: Vec<Option<InstanceState>>,
         now: u64,
     ) -> Vec<AddressOutcome> {
-        match (&self.config.remote, &self.tokio) {
-            (Some(remote), Some(tokio)) => {
-                let invoker = Invoker {
-                    registry: &self.registry,
-                    remote: remote.as_ref(),
-                    specs: &self.specs,
-                    config: &self.config.batch,
-                };
-                tokio.block_on(invoker.process(batches, loaded, now))
-            }
-            _ => {
-                let invoker = Invoker {
-                    registry: &self.registry,
-                    remote: &NoRemote,
-                    specs: &self.specs,
-                    config: &self.config.batch,
-                };
-                block_on(invoker.process(batches, loaded, now))
-            }
+        let invoker = Invoker {
+            registry: &self.registry,
+            remote: &self.config.remote,
+            specs: &self.specs,
+            config: &self.config.batch,
+        };
+        let process = invoker.process(batches, loaded, now);
+        match &self.tokio {
+            Some(tokio) => tokio.block_on(process),
+            // Without remote functions every future here is ready at once.
+            None => block_on(process),
         }
     }
 

@@ -286,10 +286,7 @@ impl RuntimeHandle {
 
     /// Whether a local or remote function serves `t`.
     pub fn knows(&self, t: &TypeName) -> bool {
-        self.remote
-            .as_ref()
-            .is_some_and(|r| statefun_core::remote::RemoteFunctions::serves(r.as_ref(), t))
-            || self.registry.contains(t)
+        statefun_core::remote::RemoteFunctions::serves(&self.remote, t) || self.registry.contains(t)
     }
 
     /// Whether the HTTP ingress may address `t` (the module's declaration, if any).
