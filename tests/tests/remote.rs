@@ -120,7 +120,7 @@ async fn the_python_playground_greeter_runs_in_the_embedded_runtime() {
     e.send(bob.clone(), greet("Bob")).await;
     e.send(bob.clone(), greet("Bob")).await;
     let s = e
-        .until(&bob, Duration::from_secs(20), |s| {
+        .until(&bob, Duration::from_secs(60), |s| {
             s["state"]["visits"]["value"] == 2
         })
         .await;
@@ -156,11 +156,11 @@ async fn expiring_state_declared_in_python_expires_on_the_runtimes_clock() {
     let e = Embedded::start(py.port, clock.clone());
     let a = at("py/expiring", "x");
     e.send(a.clone(), text("set")).await;
-    e.until(&a, Duration::from_secs(20), |s| s["version"] == 1)
+    e.until(&a, Duration::from_secs(60), |s| s["version"] == 1)
         .await;
     clock.advance(Duration::from_millis(1500));
     e.send(a.clone(), text("touch")).await;
-    e.until(&a, Duration::from_secs(20), |s| s["version"] == 2)
+    e.until(&a, Duration::from_secs(60), |s| s["version"] == 2)
         .await;
     clock.advance(Duration::from_millis(1000));
     let s = e.state(&a);
@@ -202,7 +202,7 @@ async fn python_to_rust_to_python_keeps_every_type_including_zero_and_empty() {
         let a = at("py/pingpong", &format!("p{i}"));
         e.send(a.clone(), text(command)).await;
         let s = e
-            .until(&a, Duration::from_secs(20), |s| {
+            .until(&a, Duration::from_secs(60), |s| {
                 s["state"]["returns"]["value"] == 1
             })
             .await;
@@ -221,7 +221,7 @@ async fn send_after_cancel_and_egress_from_python() {
     e.send(t.clone(), text("later:drop")).await;
     e.send(t.clone(), text("cancel:drop")).await;
     e.send(t.clone(), text("egress")).await;
-    e.until(&counter, Duration::from_secs(20), |s| {
+    e.until(&counter, Duration::from_secs(60), |s| {
         s["state"]["count"]["value"] == 1
     })
     .await;
@@ -255,11 +255,11 @@ async fn endpoint_failures_are_retried_and_failed_back_without_loss() {
     py.inject("garbage", 1);
     py.inject("ctype", 1);
     e.send(c.clone(), TypedValue::of(&1i64)).await;
-    e.until(&c, Duration::from_secs(20), count(1)).await;
+    e.until(&c, Duration::from_secs(60), count(1)).await;
     // A response slower than the 2 s call timeout is retried.
     py.inject("slow", 1);
     e.send(c.clone(), TypedValue::of(&10i64)).await;
-    e.until(&c, Duration::from_secs(20), count(11)).await;
+    e.until(&c, Duration::from_secs(60), count(11)).await;
     // More failures than one call timeout absorbs: the message fails back to the retry
     // path and is applied once the endpoint recovers.
     py.inject("500", 40);
@@ -298,7 +298,7 @@ async fn a_state_mutation_of_the_wrong_type_is_a_clear_error() {
     let py = PythonFunctions::start(free_port());
     let e = Embedded::start(py.port, Arc::new(SystemClock));
     e.send(at("raw/badstate", "b"), text("x")).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let letters = loop {
         let letters = e.handle.dead_letters().expect("dead letters");
         if !letters.is_empty() {

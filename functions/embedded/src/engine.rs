@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
@@ -174,7 +174,9 @@ pub(crate) struct Engine {
     pending: BTreeMap<u64, InboxEntry>,
     timers: BTreeSet<(u64, String)>,
     cache: HashMap<Address, Option<InstanceState>>,
-    retry_at: HashMap<Address, u64>,
+    /// When an address that failed may run again (monotonic time: operational backoff,
+    /// not the functions' clock).
+    retry_at: HashMap<Address, Instant>,
     next_seq: u64,
     commits: u64,
     specs: SpecCache,
@@ -225,20 +227,26 @@ impl Engine {
     }
 
     fn deliverable(&self, now: u64) -> bool {
+        let instant = Instant::now();
         self.timers.first().is_some_and(|(due, _)| *due <= now)
             || self.pending.values().any(|e| {
                 self.retry_at
                     .get(&e.envelope.target)
-                    .is_none_or(|t| *t <= now)
+                    .is_none_or(|t| *t <= instant)
             })
     }
 
     fn idle_wait(&self, now: u64) -> Duration {
-        let next_timer = self.timers.first().map(|(due, _)| *due);
-        let next_retry = self.retry_at.values().copied().filter(|t| *t > now).min();
-        let wake = [next_timer, next_retry].into_iter().flatten().min();
-        let ms = wake.map_or(1_000, |w| w.saturating_sub(now).clamp(1, 1_000));
-        Duration::from_millis(ms)
+        let instant = Instant::now();
+        let next_timer = self.timers.first().map(|(due, _)| due.saturating_sub(now));
+        let next_retry = self
+            .retry_at
+            .values()
+            .filter(|t| **t > instant)
+            .map(|t| t.duration_since(instant).as_millis() as u64)
+            .min();
+        let wait = [next_timer, next_retry].into_iter().flatten().min();
+        Duration::from_millis(wait.map_or(1_000, |ms| ms.clamp(1, 1_000)))
     }
 
     /// Runs rounds until shut down.
@@ -275,7 +283,8 @@ impl Engine {
         self.config.remote.max_batch(t)
     }
 
-    fn select(&self, now: u64) -> Vec<(Address, Vec<u64>)> {
+    fn select(&self) -> Vec<(Address, Vec<u64>)> {
+        let instant = Instant::now();
         let mut index: HashMap<&Address, usize> = HashMap::new();
         let mut groups: Vec<(Address, Vec<u64>)> = Vec::new();
         let mut taken = 0;
@@ -284,7 +293,7 @@ impl Engine {
                 break;
             }
             let target = &entry.envelope.target;
-            if self.retry_at.get(target).is_some_and(|t| *t > now) {
+            if self.retry_at.get(target).is_some_and(|t| *t > instant) {
                 continue;
             }
             match index.get(target) {
@@ -336,7 +345,7 @@ impl Engine {
 
     fn round(&mut self, ingress: Vec<IngressRequest>) -> Result<(), EmbeddedError> {
         let now = self.clock.now_ms();
-        let groups = self.select(now);
+        let groups = self.select();
         let addresses: Vec<&Address> = groups.iter().map(|(a, _)| a).collect();
         let loaded = self.load(&addresses)?;
         let batches: Vec<(Address, Vec<Envelope>)> = groups
@@ -416,8 +425,9 @@ impl Engine {
                         tables
                             .inbox
                             .insert(culprit, store::encode(&entry).as_slice())?;
+                        let backoff = Duration::from_millis(backoff_ms(entry.attempts));
                         self.retry_at
-                            .insert(address.clone(), now + backoff_ms(entry.attempts));
+                            .insert(address.clone(), Instant::now() + backoff);
                         self.pending.insert(culprit, entry);
                     } else {
                         error!(%address, message_id = %entry.envelope.id, %reason, "dead-lettering message");
