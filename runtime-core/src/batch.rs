@@ -132,7 +132,6 @@ impl Commit {
 /// The plan for one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressOutcome {
-    pub address: Address,
     /// The previous commit's outbox, to deliver before `commit` because one of that
     /// commit's inputs came again (its sends may not have happened).
     pub resend: Vec<OutboxEntry>,
@@ -282,7 +281,6 @@ impl<'a> Working<'a> {
             }
         });
         AddressOutcome {
-            address: address.clone(),
             resend,
             commit,
             settled,
@@ -323,9 +321,9 @@ pub fn process_address(
         };
         match result {
             Ok((staged, effects, bytes)) => {
-                let specs = registered.map(|r| r.specs.clone()).unwrap_or_default();
+                let specs: &[StateSpec] = registered.map_or(&[], |r| &r.specs);
                 w.apply(
-                    &specs,
+                    specs,
                     staged,
                     effects,
                     bytes,

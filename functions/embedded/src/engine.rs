@@ -366,7 +366,7 @@ impl Engine {
             .iter()
             .any(|o| !o.resend.is_empty() || o.commit.is_some())
         {
-            self.commit_states(&outcomes, &mut seq, &mut delta)?;
+            self.commit_states(&groups, &outcomes, &mut seq, &mut delta)?;
         }
         // Egress before the acknowledgements: a crash in between re-emits (same ids)
         // rather than loses.
@@ -570,6 +570,7 @@ impl Engine {
     /// Transaction A: re-sends and new instance records, in one durable commit.
     fn commit_states(
         &mut self,
+        groups: &[(Address, Vec<u64>)],
         outcomes: &[AddressOutcome],
         seq: &mut u64,
         delta: &mut Delta,
@@ -582,9 +583,9 @@ impl Engine {
                 tokens: txn.open_multimap_table(TIMER_TOKENS)?,
             };
             let mut states = txn.open_table(STATE)?;
-            for outcome in outcomes {
+            for ((address, _), outcome) in groups.iter().zip(outcomes) {
                 if !outcome.resend.is_empty() {
-                    info!(address = %outcome.address, entries = outcome.resend.len(), "re-sending the outbox of a redelivered commit");
+                    info!(%address, entries = outcome.resend.len(), "re-sending the outbox of a redelivered commit");
                 }
                 for entry in &outcome.resend {
                     tables.apply(entry, seq, delta)?;
