@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod envelope;
 pub mod function;
 pub mod harness;
+pub mod ingress;
 pub mod message;
 pub mod module;
 pub mod pipeline;

@@ -14,20 +14,16 @@ use std::future::Future;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use statefun_core::{Address, TypeName, TypedValue, builtin};
+use statefun_core::TypeName;
+use statefun_core::ingress as contract;
 use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::RuntimeHandle;
-
-/// Longest accepted instance id, in bytes.
-pub const MAX_ID_BYTES: usize = 1024;
-/// Longest accepted `Idempotency-Key`.
-pub const MAX_KEY_BYTES: usize = 256;
 
 /// A rejected request: a status and a message saying what is wrong.
 #[derive(Debug)]
@@ -83,89 +79,32 @@ pub async fn serve(
         .await
 }
 
-fn address(
-    handle: &RuntimeHandle,
-    namespace: &str,
-    ty: &str,
-    id: String,
-) -> Result<Address, Rejection> {
-    let function_type =
-        TypeName::new(namespace, ty).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    if !handle.knows(&function_type) {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no function is registered for type {function_type}"),
-        ));
+impl statefun_core::ingress::Exposure for RuntimeHandle {
+    fn knows(&self, t: &TypeName) -> bool {
+        RuntimeHandle::knows(self, t)
     }
-    if !handle.exposed(&function_type) {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "function type {function_type} is not exposed by the HTTP ingress \
-                 (module.yaml: io.statefun-lambda.ingress.v1/http)"
-            ),
-        ));
+    fn exposed(&self, t: &TypeName) -> bool {
+        RuntimeHandle::exposed(self, t)
     }
-    if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("bad id: must be 1 to {MAX_ID_BYTES} bytes without control characters"),
-        ));
-    }
-    Ok(Address::new(function_type, id))
 }
 
-fn message_type(headers: &HeaderMap) -> Result<TypeName, Rejection> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(builtin::STRING);
-    };
-    let unsupported = |why: &str| {
+impl From<contract::Rejected> for Rejection {
+    fn from(r: contract::Rejected) -> Self {
         error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "{why}: use Content-Type: application/vnd.<namespace>/<type>, \
-                 e.g. application/vnd.io.statefun.types/long"
-            ),
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            r.message,
         )
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| unsupported("Content-Type is not ASCII"))?;
-    let media = value.split(';').next().unwrap_or_default().trim();
-    if media.eq_ignore_ascii_case("text/plain") {
-        return Ok(builtin::STRING);
     }
-    let Some(typename) = media.strip_prefix("application/vnd.") else {
-        return Err(unsupported(&format!("unsupported Content-Type {media:?}")));
-    };
-    TypeName::parse(typename)
-        .map_err(|e| unsupported(&format!("bad type name in Content-Type: {e}")))
 }
 
-fn decode_body(typename: TypeName, bytes: &[u8]) -> Result<TypedValue, Rejection> {
-    if !builtin::is_builtin(&typename) {
-        return Ok(TypedValue::from_bytes(typename, bytes.to_vec()));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("a {typename} body must be UTF-8 text"),
-        )
-    })?;
-    builtin::from_text(&typename, text)
-        .unwrap_or_else(|| Err(format!("{typename} has no text form")))
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e))
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
-    match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => Ok(None),
-        Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY_BYTES => Ok(Some(k.to_string())),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("Idempotency-Key must be 1 to {MAX_KEY_BYTES} ASCII characters"),
-        )),
-    }
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Rejection> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| error(StatusCode::BAD_REQUEST, format!("{name} is not ASCII")))
+        })
+        .transpose()
 }
 
 async fn post_message(
@@ -174,19 +113,23 @@ async fn post_message(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Rejection> {
-    let target = address(&handle, &namespace, &ty, id)?;
-    let typename = message_type(&headers)?;
-    let key = idempotency_key(&headers)?;
+    contract::address(&namespace, &ty, &id, &handle)?;
     let limit = handle.max_body_bytes();
-    let bytes = to_bytes(body, limit).await.map_err(|_| {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over the limit of {limit} bytes"),
-        )
-    })?;
-    let value = decode_body(typename, &bytes)?;
+    let bytes = to_bytes(body, limit)
+        .await
+        .map_err(|_| contract::too_large(limit))?;
+    let request = contract::Request {
+        namespace: &namespace,
+        function_type: &ty,
+        id: &id,
+        content_type: header(&headers, "content-type")?,
+        idempotency_key: header(&headers, "idempotency-key")?,
+        body: &bytes,
+    };
+    let accepted = contract::accept(&request, &handle)?;
+    let target = accepted.target.clone();
     let id = handle
-        .submit(target.clone(), value, key)
+        .submit(accepted.target, accepted.value, accepted.idempotency_key)
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     debug!(address = %target, message_id = %id, "accepted");
@@ -198,7 +141,7 @@ async fn get_state(
     State(handle): State<RuntimeHandle>,
     Path((namespace, ty, id)): Path<(String, String, String)>,
 ) -> Result<Response, Rejection> {
-    let address = address(&handle, &namespace, &ty, id)?;
+    let address = contract::address(&namespace, &ty, &id, &handle)?;
     let state = handle
         .state_json(&address)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
