@@ -647,6 +647,168 @@ async fn sqs_ingress_routes_by_pointer_attribute_and_envelope(dynamo: Dynamo) {
     );
 }
 
+/// An API Gateway HTTP API (payload 2.0) request, as the HTTP ingress Lambda receives it.
+fn api_request(
+    method: &str,
+    path: (&str, &str, &str),
+    headers: &[(&str, &str)],
+    body: &str,
+    base64: bool,
+) -> aws_lambda_events::event::apigw::ApiGatewayV2httpRequest {
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "version": "2.0",
+        "routeKey": "POST /{namespace}/{type}/{id}",
+        "rawPath": format!("/{}/{}/{}", path.0, path.1, path.2),
+        "headers": headers,
+        "pathParameters": {"namespace": path.0, "type": path.1, "id": path.2},
+        "requestContext": {"requestId": format!("req-{}-{}", path.2, body.len()), "http": {"method": method, "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"}},
+        "body": body,
+        "isBase64Encoded": base64,
+    }))
+    .expect("API Gateway event")
+}
+
+async fn http_ingress_lambda_contract(dynamo: Dynamo) {
+    let mut aws = Aws::start(dynamo, examples(), &[], &[]).await;
+    let module = statefun_core::module::Module::parse("module.yaml", "kind: io.statefun-lambda.ingress.v1/http\nspec:\n  functions: [example/counter, example/person]\n").expect("module");
+    let config = aws.config.clone().with_module(module);
+    aws.handlers = Arc::new(statefun_aws::app::Handlers::new(
+        &config,
+        &aws.clients,
+        Arc::new(examples()),
+        Arc::new(SystemClock),
+    ));
+    let long = [("content-type", "application/vnd.io.statefun.types/long")];
+    let call = |method: &'static str,
+                path: (&'static str, &'static str, &'static str),
+                headers: Vec<(&'static str, &'static str)>,
+                body: &'static str,
+                b64: bool| {
+        let handlers = aws.handlers.clone();
+        async move {
+            let r = handlers
+                .http_ingress
+                .handle(api_request(method, path, &headers, body, b64))
+                .await;
+            let body = match r.body {
+                Some(aws_lambda_events::encodings::Body::Text(t)) => t,
+                other => panic!("unexpected body {other:?}"),
+            };
+            (
+                r.status_code,
+                serde_json::from_str::<serde_json::Value>(&body).expect("JSON body"),
+            )
+        }
+    };
+    let (status, body) = call(
+        "POST",
+        ("example", "counter", "a"),
+        long.to_vec(),
+        "40",
+        false,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        body["message_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("http:")),
+        "{body}"
+    );
+    let keyed: Vec<(&str, &str)> = vec![long[0], ("idempotency-key", "order-7")];
+    let first = call(
+        "PUT",
+        ("example", "counter", "a"),
+        keyed.clone(),
+        "1",
+        false,
+    )
+    .await;
+    let again = call("POST", ("example", "counter", "a"), keyed, "1", false).await;
+    assert_eq!(first, again, "same key, same message id");
+    assert_eq!(first.1["message_id"], "http:order-7");
+    let (status, _) = call(
+        "POST",
+        ("example", "counter", "a"),
+        long.to_vec(),
+        "MQ==",
+        true,
+    )
+    .await;
+    assert_eq!(status, 202, "base64 bodies are decoded");
+    let rejected = [
+        (
+            call("POST", ("example", "greeter", "a"), vec![], "x", false).await,
+            404,
+            "not exposed by the HTTP ingress",
+        ),
+        (
+            call("POST", ("nope", "thing", "a"), vec![], "x", false).await,
+            404,
+            "no function is registered for type nope/thing",
+        ),
+        (
+            call(
+                "POST",
+                ("example", "counter", "a"),
+                long.to_vec(),
+                "many",
+                false,
+            )
+            .await,
+            400,
+            "not a valid io.statefun.types/long",
+        ),
+        (
+            call(
+                "POST",
+                ("example", "counter", "a"),
+                vec![("content-type", "application/x-www-form-urlencoded")],
+                "1",
+                false,
+            )
+            .await,
+            415,
+            "application/vnd.",
+        ),
+        (
+            call("GET", ("example", "counter", "a"), vec![], "", false).await,
+            405,
+            "use POST",
+        ),
+    ];
+    for ((status, body), want_status, want) in rejected {
+        assert_eq!(status, want_status, "{body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(want)),
+            "{body} lacks {want:?}"
+        );
+    }
+    let big = "x".repeat(statefun_aws::app::MAX_PAYLOAD_BYTES + 1);
+    let r = aws
+        .handlers
+        .http_ingress
+        .handle(api_request(
+            "POST",
+            ("example", "counter", "a"),
+            &[("content-type", "application/vnd.example/Blob")],
+            &big,
+            false,
+        ))
+        .await;
+    assert_eq!(r.status_code, 413);
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&aws, &Address::new(COUNTER, "a"), "count").await,
+        42,
+        "40 + 1 (once, by key) + 1 (base64)"
+    );
+}
+
 /// Every scenario runs twice: all on moto, and with the state table on AWS's DynamoDB
 /// Local (SQS and SNS on moto).
 macro_rules! on_both {
@@ -671,6 +833,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    http_ingress_lambda_contract,
     greeter_end_to_end_with_sqs_egress,
     egress_to_an_sns_topic,
     shopping_cart_with_delays_over_several_hops_and_cancel,

@@ -12,6 +12,7 @@ use crate::dead_letter::DeadLetters;
 use crate::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::dynamo::DynamoStore;
 use crate::forwarder::TimerForwarder;
+use crate::http_ingress::HttpIngress;
 use crate::ingress::SqsIngress;
 use crate::metrics::Metrics;
 use crate::transport::{Clients, SqsTransport};
@@ -73,6 +74,7 @@ pub struct Handlers {
     pub dispatcher: Dispatcher,
     pub forwarder: TimerForwarder,
     pub ingress: SqsIngress,
+    pub http_ingress: HttpIngress,
 }
 
 impl Handlers {
@@ -146,17 +148,28 @@ impl Handlers {
         let metrics = Arc::new(Metrics::default());
         let ingress = SqsIngress::new(
             config.ingress_routes.clone(),
-            registry,
+            registry.clone(),
             transport(&metrics),
             dead_letters(&metrics),
-            clock,
+            clock.clone(),
             metrics,
         )
-        .with_remote(remote);
+        .with_remote(remote.clone());
+        let metrics = Arc::new(Metrics::default());
+        let http_ingress = HttpIngress::new(
+            registry,
+            config.module.clone(),
+            remote,
+            transport(&metrics),
+            MAX_PAYLOAD_BYTES,
+            clock.clone(),
+            metrics,
+        );
         Handlers {
             dispatcher,
             forwarder,
             ingress,
+            http_ingress,
         }
     }
 }

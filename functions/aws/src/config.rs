@@ -192,50 +192,11 @@ impl AwsConfig {
                 })?
             }
         };
-        let mut egress = egress(&lookup("STATEFUN_EGRESS").unwrap_or_default())?;
-        for e in &module.egresses {
-            let target = match &e.target {
-                module::EgressTarget::Sqs { queue_url } => EgressTarget::Sqs {
-                    queue_url: queue_url.clone(),
-                },
-                module::EgressTarget::Sns { topic_arn } => EgressTarget::Sns {
-                    topic_arn: topic_arn.clone(),
-                },
-                module::EgressTarget::Stdout => continue,
-            };
-            egress.insert(e.id.clone(), target);
-        }
-        let mut ingress_routes = match lookup("STATEFUN_INGRESS_ROUTES") {
+        let egress = egress(&lookup("STATEFUN_EGRESS").unwrap_or_default())?;
+        let ingress_routes = match lookup("STATEFUN_INGRESS_ROUTES") {
             Some(spec) if !spec.trim().is_empty() => routes(&spec)?,
             _ => Vec::new(),
         };
-        for i in &module.sqs_ingresses {
-            match &i.routing {
-                module::SqsRouting::Routable => ingress_routes.push(IngressRoute {
-                    queue: i.queue.clone(),
-                    target: "auto".into(),
-                    id: None,
-                    typename: None,
-                }),
-                module::SqsRouting::Targets {
-                    value_type,
-                    targets,
-                    id,
-                } => {
-                    for t in targets {
-                        ingress_routes.push(IngressRoute {
-                            queue: i.queue.clone(),
-                            target: t.to_string(),
-                            id: Some(match id {
-                                module::IdFrom::Pointer(p) => IdSource::Pointer(p.clone()),
-                                module::IdFrom::Attribute(a) => IdSource::Attribute(a.clone()),
-                            }),
-                            typename: Some(value_type.to_string()),
-                        });
-                    }
-                }
-            }
-        }
         Ok(AwsConfig {
             table: required(&lookup, "STATEFUN_STATE_TABLE")?,
             inbox_url: required(&lookup, "STATEFUN_INBOX_QUEUE_URL")?,
@@ -251,8 +212,54 @@ impl AwsConfig {
                 "STATEFUN_DEDUP_RETENTION_SECONDS",
                 1_252_800,
             )?),
-            module,
-        })
+            module: Module::default(),
+        }
+        .with_module(module))
+    }
+
+    /// Adds a module: its egresses and SQS ingresses join the configured ones.
+    pub fn with_module(mut self, module: Module) -> Self {
+        for e in &module.egresses {
+            let target = match &e.target {
+                module::EgressTarget::Sqs { queue_url } => EgressTarget::Sqs {
+                    queue_url: queue_url.clone(),
+                },
+                module::EgressTarget::Sns { topic_arn } => EgressTarget::Sns {
+                    topic_arn: topic_arn.clone(),
+                },
+                module::EgressTarget::Stdout => continue,
+            };
+            self.egress.insert(e.id.clone(), target);
+        }
+        for i in &module.sqs_ingresses {
+            match &i.routing {
+                module::SqsRouting::Routable => self.ingress_routes.push(IngressRoute {
+                    queue: i.queue.clone(),
+                    target: "auto".into(),
+                    id: None,
+                    typename: None,
+                }),
+                module::SqsRouting::Targets {
+                    value_type,
+                    targets,
+                    id,
+                } => {
+                    for t in targets {
+                        self.ingress_routes.push(IngressRoute {
+                            queue: i.queue.clone(),
+                            target: t.to_string(),
+                            id: Some(match id {
+                                module::IdFrom::Pointer(p) => IdSource::Pointer(p.clone()),
+                                module::IdFrom::Attribute(a) => IdSource::Attribute(a.clone()),
+                            }),
+                            typename: Some(value_type.to_string()),
+                        });
+                    }
+                }
+            }
+        }
+        self.module = module;
+        self
     }
 }
 

@@ -8,6 +8,7 @@ pub mod dead_letter;
 pub mod dispatcher;
 pub mod dynamo;
 pub mod forwarder;
+pub mod http_ingress;
 pub mod ingress;
 pub mod keys;
 pub mod local;
