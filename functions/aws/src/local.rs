@@ -74,7 +74,8 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
-            visibility_timeout: Duration::from_secs(30),
+            // template.yaml: 6 x the functions' 30 s timeout.
+            visibility_timeout: Duration::from_secs(180),
             max_receive_count: 100,
         }
     }

@@ -64,8 +64,8 @@ struct AwsArgs {
 struct ProvisionArgs {
     #[command(flatten)]
     aws: AwsArgs,
-    /// Visibility timeout of the inbox and delay queue, in seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Visibility timeout of the inbox and delay queue, in seconds (template.yaml's).
+    #[arg(long, default_value_t = 180)]
     visibility_timeout: u64,
 }
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Deployment checks: the SAM template validates and lints, and every Lambda builds with
+# cargo-lambda. Installs AWS SAM CLI, cfn-lint and cargo-lambda (PyPI) into .venv-deploy
+# once. x86_64 only: arm64 cross builds need a toolchain download these machines lack.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv-deploy/bin/sam ] || [ ! -x .venv-deploy/bin/cfn-lint ] || [ ! -x .venv-deploy/bin/cargo-lambda ]; then
+  echo "== installing aws-sam-cli, cfn-lint and cargo-lambda into .venv-deploy"
+  python3 -m venv .venv-deploy
+  .venv-deploy/bin/pip install --quiet --disable-pip-version-check \
+    'aws-sam-cli==1.170.0' 'cfn-lint==1.58.0' 'cargo-lambda==1.9.2'
+fi
+export PATH="$PWD/.venv-deploy/bin:$PATH"
+
+echo "== sam validate --lint"
+SAM_CLI_TELEMETRY=0 sam validate --lint -t template.yaml
+echo "== cfn-lint"
+cfn-lint template.yaml
+echo "== cargo lambda build --release (x86_64)"
+cargo lambda build --release --x86-64 -p statefun-lambda \
+  --bin dispatcher --bin timer-forwarder --bin sqs-ingress --bin http-ingress
+ls -l target/lambda/*/bootstrap
