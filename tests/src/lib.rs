@@ -380,7 +380,7 @@ fn python() -> PathBuf {
     assert!(
         venv.exists(),
         "the StateFun Python SDK venv is missing at {}: run `python3 -m venv .venv-sdk && \
-         .venv-sdk/bin/pip install apache-flink-statefun==3.3.0 'protobuf<4' aiohttp` (scripts/test.sh does)",
+         .venv-sdk/bin/pip install -r tests/python/requirements.txt` (scripts/test.sh does)",
         venv.display()
     );
     venv
