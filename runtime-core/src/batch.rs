@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::context::{Context, Effect};
+use crate::dedup::Spilled;
 use crate::function::{FunctionError, Registry};
 use crate::message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
+use crate::ports::Clock;
 use crate::spec::{Expiration, StateSpec};
-use crate::state::{Cell, InstanceState};
+use crate::state::{Cell, InstanceState, next_version};
 use crate::typename::{Address, TypeName};
 
 /// What can be stored and sent, mirroring the AWS limits by default.
@@ -28,7 +30,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// One message or egress payload (SQS: 256 KiB).
     pub max_message_bytes: usize,
-    /// An instance's values plus its outbox, stored in one write.
+    /// An instance's values plus its outbox, stored in one write. With the dedup
+    /// budget and the last inputs it stays under DynamoDB's 400 KB item.
     pub max_record_bytes: usize,
 }
 
@@ -37,7 +40,7 @@ impl Default for Limits {
         Limits {
             max_value_bytes: 350 * 1024,
             max_message_bytes: 256 * 1024,
-            max_record_bytes: 390 * 1024,
+            max_record_bytes: 360 * 1024,
         }
     }
 }
@@ -48,6 +51,9 @@ pub struct BatchConfig {
     /// How long dedup records are kept: longer than any redelivery can take (queue
     /// retention + visibility timeout). Default: 14 days + 12 hours, SQS's maxima.
     pub dedup_retention: Duration,
+    /// The most bytes of dedup entries an instance record keeps; older entries spill
+    /// outside it ([`crate::dedup`]).
+    pub dedup_budget_bytes: usize,
 }
 
 impl Default for BatchConfig {
@@ -55,7 +61,14 @@ impl Default for BatchConfig {
         BatchConfig {
             limits: Limits::default(),
             dedup_retention: Duration::from_secs((14 * 24 + 12) * 3600),
+            dedup_budget_bytes: 16 * 1024,
         }
+    }
+}
+
+impl BatchConfig {
+    pub fn retention_ms(&self) -> u64 {
+        self.dedup_retention.as_millis() as u64
     }
 }
 
@@ -78,6 +91,10 @@ pub enum ProcessError {
     Function(#[from] FunctionError),
     #[error(transparent)]
     TooLarge(#[from] LimitError),
+    /// The instance record cannot take the effects (alone, or beside its batch-mates':
+    /// then the batch is split and only a message that cannot fit alone fails).
+    #[error(transparent)]
+    RecordTooLarge(LimitError),
     /// A remote function could not be reached or answered garbage after the transport's
     /// retries: try again later, never dead-letter.
     #[error("remote function unavailable: {0}")]
@@ -115,17 +132,32 @@ pub enum Precondition {
     MatchesVersion(u64),
 }
 
-/// A conditional write of one instance's new record.
+/// A conditional write of one instance's new record, with what must be written
+/// atomically beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
     pub address: Address,
     pub precondition: Precondition,
     pub state: InstanceState,
+    /// Dedup entries moved out of the record: stored in the same atomic write, each
+    /// until its expiry.
+    pub spill: Vec<Spilled>,
+    /// When the record may be deleted (TTL), if ever.
+    pub delete_after_ms: Option<u64>,
 }
 
 impl Commit {
     pub fn outbox(&self) -> &[OutboxEntry] {
         &self.state.outbox
+    }
+
+    /// The cancellations of this commit: stored with it (not when its outbox runs), so
+    /// a cancel is in effect from its commit even if the outbox is delayed.
+    pub fn cancels(&self) -> impl Iterator<Item = (&str, Issued)> {
+        self.state.outbox.iter().filter_map(|e| match e {
+            OutboxEntry::Cancel { token, issued, .. } => Some((token.as_str(), *issued)),
+            _ => None,
+        })
     }
 }
 
@@ -139,6 +171,22 @@ pub struct AddressOutcome {
     /// Messages done once the above is executed: applied now, or applied before.
     pub settled: Vec<MessageId>,
     pub failure: Option<Failure>,
+    /// Messages not run because the record could not take their effects beside the
+    /// earlier messages': they run after this commit and its outbox, against the
+    /// committed record (a message is refused for size only if it cannot fit alone).
+    pub deferred: Vec<Envelope>,
+}
+
+impl AddressOutcome {
+    /// Every message of the outcome, settled or not.
+    pub fn all_ids(&self) -> Vec<MessageId> {
+        let mut ids = self.settled.clone();
+        if let Some(f) = &self.failure {
+            ids.extend(f.messages.iter().cloned());
+        }
+        ids.extend(self.deferred.iter().map(|m| m.id.clone()));
+        ids
+    }
 }
 
 fn effect_size(effect: &Effect) -> usize {
@@ -157,15 +205,16 @@ struct Working<'a> {
     address: &'a Address,
     precondition: Precondition,
     state: InstanceState,
-    now_ms: u64,
     resend_needed: bool,
     settled: Vec<MessageId>,
     applied: Vec<MessageId>,
-    effects: Vec<Effect>,
+    /// Effects with the clock reading of the invocation that made them.
+    effects: Vec<(Effect, u64)>,
     record_bytes: usize,
 }
 
 impl<'a> Working<'a> {
+    /// Starts from the loaded record as live at `now_ms` (the batch's start).
     fn begin(address: &'a Address, loaded: Option<InstanceState>, now_ms: u64) -> Self {
         let precondition = match &loaded {
             None => Precondition::DoesNotExist,
@@ -178,7 +227,6 @@ impl<'a> Working<'a> {
             address,
             precondition,
             state,
-            now_ms,
             resend_needed: false,
             settled: Vec::new(),
             applied: Vec::new(),
@@ -198,7 +246,8 @@ impl<'a> Working<'a> {
         true
     }
 
-    /// Applies checked writes and effects of the messages `ids`.
+    /// Applies checked writes and effects of the messages `ids`, invoked at `now_ms`
+    /// (expiry and delays count from there).
     fn apply(
         &mut self,
         specs: &[StateSpec],
@@ -206,9 +255,9 @@ impl<'a> Working<'a> {
         effects: Vec<Effect>,
         record_bytes: usize,
         ids: &[MessageId],
+        now_ms: u64,
     ) {
         self.record_bytes = record_bytes;
-        let now_ms = self.now_ms;
         for (index, value) in staged {
             let spec = &specs[index];
             match value {
@@ -242,7 +291,8 @@ impl<'a> Working<'a> {
                 cell.expires_at_ms = expiry(spec.expiration, now_ms);
             }
         }
-        self.effects.extend(effects);
+        self.effects
+            .extend(effects.into_iter().map(|e| (e, now_ms)));
         for id in ids {
             self.state.dedup.record(id, now_ms);
             self.settled.push(id.clone());
@@ -250,12 +300,18 @@ impl<'a> Working<'a> {
         }
     }
 
-    fn finish(self, failure: Option<Failure>, config: &BatchConfig) -> AddressOutcome {
+    /// The plan; `commit_ms` is the clock reading the commit is stamped with.
+    fn finish(
+        self,
+        failure: Option<Failure>,
+        deferred: Vec<Envelope>,
+        commit_ms: u64,
+        config: &BatchConfig,
+    ) -> AddressOutcome {
         let Working {
             address,
             precondition,
             mut state,
-            now_ms,
             resend_needed,
             settled,
             applied,
@@ -268,16 +324,21 @@ impl<'a> Working<'a> {
             Vec::new()
         };
         let commit = (!applied.is_empty()).then(|| {
-            state.version += 1;
-            state.outbox = assign_ids(address, state.version, effects, now_ms);
+            let retention_ms = config.retention_ms();
+            state.version = next_version(state.version, commit_ms);
+            state.outbox = assign_ids(address, state.version, effects);
             state.last_inputs = applied;
-            state
+            state.dedup.prune(commit_ms, retention_ms);
+            let spill = state
                 .dedup
-                .prune(now_ms, config.dedup_retention.as_millis() as u64);
+                .spill_over(config.dedup_budget_bytes, retention_ms);
+            let delete_after_ms = state.delete_after_ms(commit_ms, retention_ms);
             Commit {
                 address: address.clone(),
                 precondition,
                 state,
+                spill,
+                delete_after_ms,
             }
         });
         AddressOutcome {
@@ -285,27 +346,32 @@ impl<'a> Working<'a> {
             commit,
             settled,
             failure,
+            deferred,
         }
     }
 }
 
 /// Processes one address's messages, in order, against its loaded record, with the
-/// function registered for its type.
+/// function registered for its type. The clock is read for each invocation: delays
+/// and expiry count from the moment the function ran.
 pub fn process_address(
     registry: &Registry,
     address: &Address,
     loaded: Option<InstanceState>,
     messages: Vec<Envelope>,
-    now_ms: u64,
+    clock: &dyn Clock,
     config: &BatchConfig,
 ) -> AddressOutcome {
-    let mut w = Working::begin(address, loaded, now_ms);
+    let mut w = Working::begin(address, loaded, clock.now_ms());
     let registered = registry.get(&address.function_type);
     let mut failure = None;
-    for (i, message) in messages.iter().enumerate() {
+    let mut deferred = Vec::new();
+    let mut messages = messages.into_iter();
+    while let Some(message) = messages.next() {
         if w.settle_if_applied(&message.id) {
             continue;
         }
+        let invoked_at = clock.now_ms();
         let result = match registered {
             None => Err(ProcessError::UnknownFunctionType(
                 address.function_type.clone(),
@@ -313,13 +379,31 @@ pub fn process_address(
             Some(reg) => invoke_one(
                 reg,
                 address,
-                message,
+                &message,
                 &w.state,
                 w.record_bytes,
                 &config.limits,
             ),
         };
         match result {
+            // The record cannot take this message's effects beside the earlier ones':
+            // commit those first, then run this one against the committed record.
+            Ok((_, _, bytes))
+                if bytes > config.limits.max_record_bytes && !w.applied.is_empty() =>
+            {
+                deferred.push(message);
+                deferred.extend(messages.by_ref());
+            }
+            Ok((_, _, bytes)) if bytes > config.limits.max_record_bytes => {
+                let error =
+                    ProcessError::RecordTooLarge(record_too_large(address, bytes, &config.limits));
+                failure = Some(Failure {
+                    error,
+                    messages: std::iter::once(message.id)
+                        .chain(messages.by_ref().map(|m| m.id))
+                        .collect(),
+                });
+            }
             Ok((staged, effects, bytes)) => {
                 let specs: &[StateSpec] = registered.map_or(&[], |r| &r.specs);
                 w.apply(
@@ -328,23 +412,34 @@ pub fn process_address(
                     effects,
                     bytes,
                     std::slice::from_ref(&message.id),
+                    invoked_at,
                 );
             }
             Err(error) => {
                 failure = Some(Failure {
                     error,
-                    messages: messages[i..].iter().map(|m| m.id.clone()).collect(),
+                    messages: std::iter::once(message.id)
+                        .chain(messages.by_ref().map(|m| m.id))
+                        .collect(),
                 });
-                break;
             }
         }
     }
-    w.finish(failure, config)
+    w.finish(failure, deferred, clock.now_ms(), config)
+}
+
+fn record_too_large(address: &Address, bytes: usize, limits: &Limits) -> LimitError {
+    LimitError {
+        address: address.clone(),
+        what: "instance record (state + outbox)".to_string(),
+        size: bytes,
+        limit: limits.max_record_bytes,
+    }
 }
 
 /// A batch for a remote function: the messages not applied before, to be sent in one
 /// request with the instance's state, and completed with the function's response.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RemoteBatch {
     address: Address,
     loaded: Option<InstanceState>,
@@ -386,6 +481,22 @@ impl RemoteBatch {
         &self.fresh
     }
 
+    /// The batch up to its first fresh message, and the messages after it (to run
+    /// after this one's commit): for a batch whose effects do not fit one record.
+    pub fn split_first(mut self) -> (RemoteBatch, Vec<Envelope>) {
+        let Some(first) = self.fresh.first().map(|m| m.id.clone()) else {
+            return (self, Vec::new());
+        };
+        let at = self
+            .messages
+            .iter()
+            .position(|m| m.id == first)
+            .map_or(self.messages.len(), |i| i + 1);
+        let rest = self.messages.split_off(at);
+        self.fresh.truncate(1);
+        (self, rest)
+    }
+
     /// The request: every message not applied before, and one entry per registered
     /// state (unset when absent or expired).
     pub fn request(&self, specs: &[StateSpec]) -> crate::protocol::ToFunction {
@@ -420,21 +531,23 @@ impl RemoteBatch {
     }
 
     /// Completes the batch with the function's merged response (or the reason there is
-    /// none): mutations are checked against the registered `specs`.
+    /// none), read at `now_ms` (delays and expiry count from there): mutations are
+    /// checked against the registered `specs`.
     pub fn complete(
         self,
         response: Result<crate::protocol::from_function::InvocationResponse, ProcessError>,
         specs: &[StateSpec],
         config: &BatchConfig,
+        now_ms: u64,
     ) -> AddressOutcome {
         let RemoteBatch {
             address,
             loaded,
             messages,
             fresh,
-            now_ms,
+            now_ms: started_ms,
         } = self;
-        let mut w = Working::begin(&address, loaded, now_ms);
+        let mut w = Working::begin(&address, loaded, started_ms);
         // Messages applied before are settled; the rest (a message delivered twice in
         // one batch included) stand or fall with the response.
         let pending: Vec<MessageId> = messages
@@ -443,7 +556,7 @@ impl RemoteBatch {
             .map(|m| m.id.clone())
             .collect();
         if pending.is_empty() {
-            return w.finish(None, config);
+            return w.finish(None, Vec::new(), now_ms, config);
         }
         let ids: Vec<MessageId> = fresh.iter().map(|m| m.id.clone()).collect();
         let checked = response.and_then(|r| {
@@ -459,11 +572,18 @@ impl RemoteBatch {
                 w.record_bytes,
                 &config.limits,
             )?;
+            if bytes > config.limits.max_record_bytes {
+                return Err(ProcessError::RecordTooLarge(record_too_large(
+                    &address,
+                    bytes,
+                    &config.limits,
+                )));
+            }
             Ok((staged, effects, bytes))
         });
         match checked {
             Ok((staged, effects, bytes)) => {
-                w.apply(specs, staged, effects, bytes, &ids);
+                w.apply(specs, staged, effects, bytes, &ids, now_ms);
                 // A repeat of a message in this batch is settled with it.
                 let mut repeats = pending;
                 for id in &ids {
@@ -472,13 +592,15 @@ impl RemoteBatch {
                     }
                 }
                 w.settled.extend(repeats);
-                w.finish(None, config)
+                w.finish(None, Vec::new(), now_ms, config)
             }
             Err(error) => w.finish(
                 Some(Failure {
                     error,
                     messages: pending,
                 }),
+                Vec::new(),
+                now_ms,
                 config,
             ),
         }
@@ -574,8 +696,9 @@ fn invoke_one(
     Ok((staged, effects, bytes))
 }
 
-/// Checks one invocation's writes and effects against the limits; returns the record
-/// size after applying them.
+/// Checks one invocation's writes and effects against the value and message limits;
+/// returns the record size after applying them (the caller judges it, so a message
+/// is never refused for what its batch-mates added).
 fn check_limits(
     address: &Address,
     state: &InstanceState,
@@ -619,31 +742,20 @@ fn check_limits(
         }
         bytes += size;
     }
-    if bytes > limits.max_record_bytes {
-        return Err(too_large(
-            "instance record (state + outbox)".to_string(),
-            bytes,
-            limits.max_record_bytes,
-        ));
-    }
     Ok(bytes)
 }
 
-/// Gives each effect its deterministic id: the sender, its new version, the index.
-fn assign_ids(
-    address: &Address,
-    version: u64,
-    effects: Vec<Effect>,
-    now_ms: u64,
-) -> Vec<OutboxEntry> {
+/// Gives each effect its deterministic id: the sender (its unambiguous source name),
+/// its new version, the index. Delays count from the invocation that asked for them.
+fn assign_ids(address: &Address, version: u64, effects: Vec<(Effect, u64)>) -> Vec<OutboxEntry> {
     if effects.is_empty() {
         return Vec::new();
     }
-    let source: Arc<str> = address.to_string().into();
+    let source: Arc<str> = address.source_name().into();
     effects
         .into_iter()
         .enumerate()
-        .map(|(index, effect)| {
+        .map(|(index, (effect, now_ms))| {
             let index = index as u32;
             let issued = Issued { version, index };
             let keyed = || format!("{source}@{version}.{index}");

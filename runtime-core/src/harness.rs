@@ -111,7 +111,7 @@ impl Harness {
             let now = self.clock.now_ms();
             self.clock
                 .advance(Duration::from_millis(due.saturating_sub(now)));
-            self.transport.fire_due(due);
+            self.transport.fire_due(due, |t| self.store.is_cancelled(t));
             self.run();
         }
         let now = self.clock.now_ms();
@@ -135,13 +135,12 @@ impl Harness {
             self.captured.extend(foreign);
             let by_id: HashMap<MessageId, Envelope> =
                 batch.iter().map(|e| (e.id.clone(), e.clone())).collect();
-            let now = self.clock.now_ms();
             let report = block_on(dispatch(
                 &self.registry,
                 &self.store,
                 &self.transport,
                 &self.config,
-                now,
+                &self.clock,
                 batch,
             ));
             self.delivered.extend(

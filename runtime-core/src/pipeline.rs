@@ -10,10 +10,12 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::thread::Thread;
 
 use crate::batch::{AddressOutcome, BatchConfig, RemoteBatch, process_address};
+use crate::dedup::DedupKey;
 use crate::function::Registry;
 use crate::message::{Envelope, MessageId};
-use crate::ports::{CommitError, StateStore, Transport};
+use crate::ports::{Clock, CommitError, StateStore, Transport};
 use crate::remote::{NoRemote, RemoteFunctions, SpecCache, invoke};
+use crate::state::InstanceState;
 use crate::typename::Address;
 
 /// Why a message was not settled, which says what a host does with it.
@@ -112,21 +114,47 @@ pub fn group_by_address(batch: Vec<Envelope>) -> Vec<(Address, Vec<Envelope>)> {
 }
 
 fn all_ids(outcome: &AddressOutcome) -> Vec<MessageId> {
-    let mut ids = outcome.settled.clone();
-    if let Some(f) = &outcome.failure {
-        ids.extend(f.messages.iter().cloned());
-    }
-    ids
+    outcome.all_ids()
+}
+
+/// The dedup entries to look up outside the loaded records before `groups` run at
+/// `now_ms` ([`crate::dedup`]): `(group index, address, keys)` for each address that
+/// needs any.
+pub fn dedup_lookups(
+    groups: &[(Address, Vec<Envelope>)],
+    loaded: &[Option<InstanceState>],
+    now_ms: u64,
+) -> Vec<(usize, Address, Vec<DedupKey>)> {
+    groups
+        .iter()
+        .zip(loaded)
+        .enumerate()
+        .filter_map(|(i, ((address, messages), state))| {
+            let keys = state
+                .as_ref()?
+                .dedup
+                .lookups(messages.iter().map(|m| &m.id), now_ms);
+            (!keys.is_empty()).then(|| (i, address.clone(), keys))
+        })
+        .collect()
 }
 
 /// What invokes functions: the local registry, remote functions and their learned
-/// state, and the batch settings.
-#[derive(Debug)]
+/// state, the batch settings and the clock each invocation reads.
 pub struct Invoker<'a, R> {
     pub registry: &'a Registry,
     pub remote: &'a R,
     pub specs: &'a SpecCache,
     pub config: &'a BatchConfig,
+    pub clock: &'a dyn Clock,
+}
+
+impl<R> std::fmt::Debug for Invoker<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invoker")
+            .field("config", self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The ports one batch runs through.
@@ -143,7 +171,7 @@ pub async fn dispatch<S: StateStore, T: Transport>(
     store: &S,
     transport: &T,
     config: &BatchConfig,
-    now_ms: u64,
+    clock: &dyn Clock,
     batch: Vec<Envelope>,
 ) -> BatchReport {
     let specs = SpecCache::default();
@@ -153,11 +181,12 @@ pub async fn dispatch<S: StateStore, T: Transport>(
             remote: &NoRemote,
             specs: &specs,
             config,
+            clock,
         },
         store,
         transport,
     };
-    pipeline.dispatch(now_ms, batch).await
+    pipeline.dispatch(batch).await
 }
 
 impl<R: RemoteFunctions> Invoker<'_, R> {
@@ -178,14 +207,16 @@ impl<R: RemoteFunctions> Invoker<'_, R> {
         &self,
         groups: Vec<(Address, Vec<Envelope>)>,
         loaded: Vec<Option<crate::InstanceState>>,
-        now_ms: u64,
     ) -> Vec<AddressOutcome> {
         let mut outcomes: Vec<Option<AddressOutcome>> = Vec::with_capacity(groups.len());
         let mut remote = Vec::new();
         for (i, ((address, messages), state)) in groups.into_iter().zip(loaded).enumerate() {
             if self.is_remote(&address.function_type) {
-                let batch = RemoteBatch::prepare(address, state, messages, now_ms);
-                remote.push((i, invoke(self.remote, self.specs, batch, self.config)));
+                let batch = RemoteBatch::prepare(address, state, messages, self.clock.now_ms());
+                remote.push((
+                    i,
+                    invoke(self.remote, self.specs, batch, self.config, self.clock),
+                ));
                 outcomes.push(None);
             } else {
                 outcomes.push(Some(process_address(
@@ -193,7 +224,7 @@ impl<R: RemoteFunctions> Invoker<'_, R> {
                     &address,
                     state,
                     messages,
-                    now_ms,
+                    self.clock,
                     self.config,
                 )));
             }
@@ -207,21 +238,57 @@ impl<R: RemoteFunctions> Invoker<'_, R> {
 }
 
 impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
-    /// Runs one batch through the ports.
-    pub async fn dispatch(&self, now_ms: u64, batch: Vec<Envelope>) -> BatchReport {
-        let (store, transport) = (self.store, self.transport);
+    /// Runs one batch through the ports. Messages an address defers (its record could
+    /// not take them beside earlier ones) run again after that address's commit and
+    /// sends, in the same call.
+    pub async fn dispatch(&self, batch: Vec<Envelope>) -> BatchReport {
         let mut report = BatchReport::default();
+        let mut batch = batch;
+        while !batch.is_empty() {
+            batch = self.dispatch_once(batch, &mut report).await;
+        }
+        report
+    }
+
+    /// One pass: returns the deferred messages of addresses that committed and sent.
+    async fn dispatch_once(&self, batch: Vec<Envelope>, report: &mut BatchReport) -> Vec<Envelope> {
+        let (store, transport) = (self.store, self.transport);
         let groups = group_by_address(batch);
         let addresses: Vec<Address> = groups.iter().map(|(a, _)| a.clone()).collect();
-        let loaded = match store.load(&addresses).await {
+        let unavailable = |report: &mut BatchReport,
+                           groups: Vec<(Address, Vec<Envelope>)>,
+                           e: &dyn std::fmt::Display| {
+            let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
+            report.fail_all(ids, &e.to_string(), FailureKind::Unavailable);
+        };
+        let mut loaded = match store.load(&addresses).await {
             Ok(loaded) => loaded,
             Err(e) => {
-                let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
-                report.fail_all(ids, &e.to_string(), FailureKind::Unavailable);
-                return report;
+                unavailable(report, groups, &e);
+                return Vec::new();
             }
         };
-        let mut outcomes = self.invoker.process(groups, loaded, now_ms).await;
+        let lookups = dedup_lookups(&groups, &loaded, self.invoker.clock.now_ms());
+        if !lookups.is_empty() {
+            let requests: Vec<(Address, Vec<DedupKey>)> = lookups
+                .iter()
+                .map(|(_, a, keys)| (a.clone(), keys.clone()))
+                .collect();
+            match store.load_dedup(&requests).await {
+                Ok(found) => {
+                    for ((i, _, _), entries) in lookups.iter().zip(found) {
+                        if let Some(state) = loaded[*i].as_mut() {
+                            state.dedup.absorb(entries);
+                        }
+                    }
+                }
+                Err(e) => {
+                    unavailable(report, groups, &e);
+                    return Vec::new();
+                }
+            }
+        }
+        let mut outcomes = self.invoker.process(groups, loaded).await;
 
         // Re-sends first: the commits below replace the outboxes they come from.
         let resending: Vec<usize> = (0..outcomes.len())
@@ -299,13 +366,15 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
             }
         }
 
-        for (i, outcome) in outcomes.iter().enumerate() {
+        let mut deferred = Vec::new();
+        for (i, outcome) in outcomes.iter_mut().enumerate() {
             if ok[i] {
                 report.settled.extend(outcome.settled.iter().cloned());
                 report.add_failure(outcome);
+                deferred.append(&mut outcome.deferred);
             }
         }
-        report
+        deferred
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{Commit, Precondition};
-use crate::message::{EgressRecord, Envelope, OutboxEntry};
+use crate::dedup::{DedupEntry, DedupKey};
+use crate::message::{EgressRecord, Envelope, Issued, OutboxEntry};
 use crate::state::InstanceState;
 use crate::typename::Address;
 
@@ -38,7 +39,16 @@ pub trait StateStore: Send + Sync {
         addresses: &[Address],
     ) -> impl Future<Output = Result<Vec<Option<InstanceState>>, StoreError>> + Send;
 
-    /// Applies each commit if its precondition holds; one result per commit.
+    /// The dedup entries found outside the records ([`crate::dedup`]) among the keys
+    /// asked for each address; one list per request. Found entries that expired may be
+    /// returned or not (TTL deletion lags): they no longer matter.
+    fn load_dedup(
+        &self,
+        lookups: &[(Address, Vec<DedupKey>)],
+    ) -> impl Future<Output = Result<Vec<Vec<DedupEntry>>, StoreError>> + Send;
+
+    /// Applies each commit if its precondition holds, atomically with its spilled
+    /// dedup entries and its cancellations; one result per commit.
     fn commit(
         &self,
         commits: &[Commit],
@@ -104,10 +114,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// In-memory [`StateStore`] with the same precondition semantics as the real ones.
+#[derive(Debug, Default)]
+struct Tables {
+    /// Records with their deletion time (TTL), if any.
+    records: HashMap<Address, (InstanceState, Option<u64>)>,
+    /// Spilled dedup entries with their expiry.
+    dedup: HashMap<(Address, DedupKey), (DedupEntry, u64)>,
+    /// The latest cancellation of each `(sender, token)`.
+    cancels: HashMap<(Address, String), Issued>,
+}
+
+/// In-memory [`StateStore`] with the same precondition semantics as the real ones, the
+/// same atomic commit (record, spilled dedup entries, cancellations) and TTLs that are
+/// only acted on when [`MemoryStore::delete_expired`] says so, as DynamoDB's lag.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: Mutex<HashMap<Address, InstanceState>>,
+    tables: Mutex<Tables>,
 }
 
 impl MemoryStore {
@@ -116,21 +138,66 @@ impl MemoryStore {
     }
 
     pub fn get(&self, address: &Address) -> Option<InstanceState> {
-        lock(&self.records).get(address).cloned()
+        lock(&self.tables)
+            .records
+            .get(address)
+            .map(|(s, _)| s.clone())
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.records).len()
+        lock(&self.tables).records.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Addresses with a record.
+    pub fn addresses(&self) -> Vec<Address> {
+        lock(&self.tables).records.keys().cloned().collect()
+    }
+
+    /// Whether a timer is cancelled: its sender committed a cancellation of its token
+    /// after issuing it.
+    pub fn is_cancelled(&self, timer: &Timer) -> bool {
+        let (Some(token), Some(sender)) = (&timer.cancellation_token, &timer.envelope.caller)
+        else {
+            return false;
+        };
+        lock(&self.tables)
+            .cancels
+            .get(&(sender.clone(), token.clone()))
+            .is_some_and(|cancel| timer.issued < *cancel)
+    }
+
+    /// Deletes what a TTL process would: every record and spilled entry whose deletion
+    /// time plus `lag()` (asked per item: DynamoDB deletes within about 48 h) has come
+    /// at `now_ms`. Returns the addresses whose records went.
+    pub fn delete_expired(&self, now_ms: u64, lag: &mut dyn FnMut() -> u64) -> Vec<Address> {
+        let mut tables = lock(&self.tables);
+        let mut gone = Vec::new();
+        tables.records.retain(|address, (_, ttl)| {
+            let keep = ttl.is_none_or(|at| at.saturating_add(lag()) > now_ms);
+            if !keep {
+                gone.push(address.clone());
+            }
+            keep
+        });
+        tables
+            .dedup
+            .retain(|_, (_, at)| at.saturating_add(lag()) > now_ms);
+        gone
+    }
+
+    /// Deletes one record, as an operator might.
+    pub fn delete(&self, address: &Address) {
+        lock(&self.tables).records.remove(address);
+    }
+
     /// Applies one commit synchronously (the async port wraps this).
     pub fn apply(&self, commit: &Commit) -> Result<(), CommitError> {
-        let mut records = lock(&self.records);
-        let current = records.get(&commit.address).map(|s| s.version);
+        let mut tables = lock(&self.tables);
+        let current = tables.records.get(&commit.address).map(|(s, _)| s.version);
         let holds = match commit.precondition {
             Precondition::DoesNotExist => current.is_none(),
             Precondition::MatchesVersion(v) => current == Some(v),
@@ -138,15 +205,48 @@ impl MemoryStore {
         if !holds {
             return Err(CommitError::Conflict(commit.address.clone()));
         }
-        records.insert(commit.address.clone(), commit.state.clone());
+        for spilled in &commit.spill {
+            tables.dedup.insert(
+                (commit.address.clone(), spilled.entry.key()),
+                (spilled.entry.clone(), spilled.expires_at_ms),
+            );
+        }
+        for (token, issued) in commit.cancels() {
+            tables
+                .cancels
+                .insert((commit.address.clone(), token.to_string()), issued);
+        }
+        tables.records.insert(
+            commit.address.clone(),
+            (commit.state.clone(), commit.delete_after_ms),
+        );
         Ok(())
     }
 }
 
 impl StateStore for MemoryStore {
     async fn load(&self, addresses: &[Address]) -> Result<Vec<Option<InstanceState>>, StoreError> {
-        let records = lock(&self.records);
-        Ok(addresses.iter().map(|a| records.get(a).cloned()).collect())
+        let tables = lock(&self.tables);
+        Ok(addresses
+            .iter()
+            .map(|a| tables.records.get(a).map(|(s, _)| s.clone()))
+            .collect())
+    }
+
+    async fn load_dedup(
+        &self,
+        lookups: &[(Address, Vec<DedupKey>)],
+    ) -> Result<Vec<Vec<DedupEntry>>, StoreError> {
+        let tables = lock(&self.tables);
+        Ok(lookups
+            .iter()
+            .map(|(address, keys)| {
+                keys.iter()
+                    .filter_map(|k| tables.dedup.get(&(address.clone(), k.clone())))
+                    .map(|(entry, _)| entry.clone())
+                    .collect()
+            })
+            .collect())
     }
 
     async fn commit(&self, commits: &[Commit]) -> Vec<Result<(), CommitError>> {
@@ -160,6 +260,8 @@ pub struct Timer {
     pub due_at_ms: u64,
     pub envelope: Envelope,
     pub cancellation_token: Option<String>,
+    /// Where in its sender's history it was issued, to order it against cancels.
+    pub issued: Issued,
 }
 
 #[derive(Debug, Default)]
@@ -204,16 +306,22 @@ impl MemoryTransport {
         lock(&self.queues).inbox.len()
     }
 
-    /// Moves the timers due at `now_ms` into the inbox, earliest first; returns how many.
-    pub fn fire_due(&self, now_ms: u64) -> usize {
+    /// Moves the timers due at `now_ms` into the inbox, earliest first, unless
+    /// `cancelled` (cancellations are stored with their commit:
+    /// [`MemoryStore::is_cancelled`]); returns the envelopes delivered.
+    pub fn fire_due(&self, now_ms: u64, cancelled: impl Fn(&Timer) -> bool) -> Vec<Envelope> {
         let mut q = lock(&self.queues);
         let (mut due, later): (Vec<Timer>, Vec<Timer>) =
             q.timers.drain(..).partition(|t| t.due_at_ms <= now_ms);
         q.timers = later;
         due.sort_by_key(|t| t.due_at_ms);
-        let n = due.len();
-        q.inbox.extend(due.into_iter().map(|t| t.envelope));
-        n
+        let fired: Vec<Envelope> = due
+            .into_iter()
+            .filter(|t| !cancelled(t))
+            .map(|t| t.envelope)
+            .collect();
+        q.inbox.extend(fired.iter().cloned());
+        fired
     }
 
     pub fn pending_timers(&self) -> Vec<Timer> {
@@ -237,7 +345,7 @@ impl MemoryTransport {
                 envelope,
                 due_at_ms,
                 cancellation_token,
-                ..
+                issued,
             } => {
                 // Re-sends carry the same id: scheduling twice is scheduling once.
                 if !q.timers.iter().any(|t| t.envelope.id == envelope.id) {
@@ -245,13 +353,12 @@ impl MemoryTransport {
                         due_at_ms: *due_at_ms,
                         envelope: envelope.clone(),
                         cancellation_token: cancellation_token.clone(),
+                        issued: *issued,
                     });
                 }
             }
-            OutboxEntry::Cancel { sender, token, .. } => q.timers.retain(|t| {
-                t.cancellation_token.as_ref() != Some(token)
-                    || t.envelope.caller.as_ref() != Some(sender)
-            }),
+            // In effect from its commit (the store holds it); nothing to do here.
+            OutboxEntry::Cancel { .. } => {}
             OutboxEntry::Egress(record) => q.egress.push(record.clone()),
         }
     }
@@ -267,5 +374,12 @@ impl Transport for MemoryTransport {
                 Ok(())
             })
             .collect()
+    }
+}
+
+/// A clock stopped at that instant (milliseconds since the Unix epoch).
+impl Clock for u64 {
+    fn now_ms(&self) -> u64 {
+        *self
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use crate::batch::{AddressOutcome, BatchConfig, ProcessError, RemoteBatch};
 use crate::function::FunctionError;
+use crate::ports::Clock;
 use crate::protocol::{FromFunction, ToFunction, from_function, spec_from_wire};
 use crate::spec::StateSpec;
 use crate::typename::TypeName;
@@ -139,26 +140,60 @@ pub async fn invoke<R: RemoteFunctions>(
     specs: &SpecCache,
     batch: RemoteBatch,
     config: &BatchConfig,
+    clock: &dyn Clock,
+) -> AddressOutcome {
+    if batch.fresh().len() < 2 {
+        return invoke_batch(remote, specs, batch, config, clock).await;
+    }
+    let outcome = invoke_batch(remote, specs, batch.clone(), config, clock).await;
+    if !outcome
+        .failure
+        .as_ref()
+        .is_some_and(|f| matches!(f.error, ProcessError::RecordTooLarge(_)))
+    {
+        return outcome;
+    }
+    // The batch's effects do not fit one record together: the first message alone,
+    // the rest after its commit (each is refused only if it cannot fit alone).
+    let (first, rest) = batch.split_first();
+    let mut outcome = invoke_batch(remote, specs, first, config, clock).await;
+    outcome.deferred.extend(rest);
+    outcome
+}
+
+async fn invoke_batch<R: RemoteFunctions>(
+    remote: &R,
+    specs: &SpecCache,
+    batch: RemoteBatch,
+    config: &BatchConfig,
+    clock: &dyn Clock,
 ) -> AddressOutcome {
     let function_type = batch.address().function_type.clone();
     if batch.fresh().is_empty() {
-        return batch.complete(Ok(Default::default()), &[], config);
+        return batch.complete(Ok(Default::default()), &[], config, clock.now_ms());
     }
     for _ in 0..4 {
         let known = specs.get(&function_type);
         let response = remote.call(&function_type, batch.request(&known)).await;
         let response = match response {
-            Err(e) => return batch.complete(Err(ProcessError::Unavailable(e.0)), &known, config),
+            Err(e) => {
+                return batch.complete(
+                    Err(ProcessError::Unavailable(e.0)),
+                    &known,
+                    config,
+                    clock.now_ms(),
+                );
+            }
             // An empty FromFunction is an invocation with no effects (as the reference
             // runtime reads the default `invocation_result`).
             Ok(FromFunction { response: None }) => {
-                return batch.complete(Ok(Default::default()), &known, config);
+                return batch.complete(Ok(Default::default()), &known, config, clock.now_ms());
             }
             Ok(FromFunction { response: Some(r) }) => r,
         };
         match response {
             from_function::Response::InvocationResult(result) => {
-                return batch.complete(Ok(result), &known, config);
+                return batch.complete(Ok(result), &known, config, clock.now_ms());
             }
             from_function::Response::IncompleteInvocationContext(missing) => {
                 let declared: Result<Vec<StateSpec>, ProcessError> = missing
@@ -167,7 +202,7 @@ pub async fn invoke<R: RemoteFunctions>(
                     .map(|s| spec_from_wire(s).map_err(|e| FunctionError::terminal(e).into()))
                     .collect();
                 if let Err(e) = declared.and_then(|d| Ok(specs.register(&function_type, d)?)) {
-                    return batch.complete(Err(e), &known, config);
+                    return batch.complete(Err(e), &known, config, clock.now_ms());
                 }
             }
         }
@@ -175,5 +210,5 @@ pub async fn invoke<R: RemoteFunctions>(
     let e = ProcessError::Function(FunctionError::terminal(
         "the function kept answering IncompleteInvocationContext after its state was registered",
     ));
-    batch.complete(Err(e), &specs.get(&function_type), config)
+    batch.complete(Err(e), &specs.get(&function_type), config, clock.now_ms())
 }

@@ -36,7 +36,7 @@ pub struct InstanceState {
 /// Stored bytes that are not an instance record.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt instance record: {0}")]
-pub struct CorruptState(String);
+pub struct CorruptState(pub(crate) String);
 
 impl InstanceState {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -52,4 +52,43 @@ impl InstanceState {
     pub fn next_expiry_ms(&self) -> Option<u64> {
         self.cells.values().filter_map(|c| c.expires_at_ms).min()
     }
+
+    /// When a record written at `now_ms` may be deleted (a DynamoDB TTL): once every
+    /// cell has expired and not before its dedup record may be forgotten; `None` while
+    /// a cell never expires. Deleting it is safe because versions never restart
+    /// ([`next_version`]) and nothing it remembers can still be needed.
+    pub fn delete_after_ms(&self, now_ms: u64, retention_ms: u64) -> Option<u64> {
+        if self.cells.values().any(|c| c.expires_at_ms.is_none()) {
+            return None;
+        }
+        let last_cell = self
+            .cells
+            .values()
+            .filter_map(|c| c.expires_at_ms)
+            .max()
+            .unwrap_or(0);
+        Some(last_cell.max(now_ms.saturating_add(retention_ms)))
+    }
+}
+
+/// Commit stamps per millisecond of wall clock in a version.
+pub const VERSIONS_PER_MS: u64 = 1_000;
+
+/// The version of the commit after `previous` at `now_ms`: a hybrid logical clock,
+/// `max(previous + 1, now_ms × 1000)`.
+///
+/// Versions are what message, egress and cancellation ids derive from, so they must
+/// never repeat for an address *for the life of a deployment*, even when its record
+/// disappears (TTL, deletion) or goes back in time (a restore) and `previous` starts
+/// again from 0 or from an old value. A plain counter would restart at 1, and receivers
+/// would drop the sender's next messages as already applied. With the wall clock in the
+/// version, a record recreated later starts above every version it had before, as long
+/// as the gap between the old record's last commit and the new one's first (14.5 days
+/// for a TTL deletion; minutes for a restore; seconds for a hand deletion) exceeds the
+/// skew between the hosts' clocks (milliseconds on AWS) — and the counter part keeps
+/// the order strict within a millisecond and if a clock steps back.
+pub fn next_version(previous: u64, now_ms: u64) -> u64 {
+    previous
+        .saturating_add(1)
+        .max(now_ms.saturating_mul(VERSIONS_PER_MS))
 }

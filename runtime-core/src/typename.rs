@@ -113,6 +113,27 @@ impl Address {
             id: id.into(),
         }
     }
+
+    /// The address as the source of message and egress ids: `type/id` with `%`, `/` and
+    /// `@` in the id percent-encoded. Unambiguous, where [`Display`](fmt::Display) is not
+    /// (type `a/b` with id `c/d` and type `a/b/c` with id `d` both display as `a/b/c/d`):
+    /// the id is everything after the last `/`, and nothing in it is an `@`, so
+    /// `<source>@<version>.<index>` parses back. Ids without those characters read as
+    /// they display.
+    pub fn source_name(&self) -> String {
+        let mut out = String::with_capacity(self.function_type.as_str().len() + self.id.len() + 1);
+        out.push_str(self.function_type.as_str());
+        out.push('/');
+        for c in self.id.chars() {
+            match c {
+                '%' => out.push_str("%25"),
+                '/' => out.push_str("%2F"),
+                '@' => out.push_str("%40"),
+                c => out.push(c),
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for Address {
@@ -146,6 +167,21 @@ mod tests {
         for bad in ["", "noslash", "/name", "ns/", "/"] {
             assert!(TypeName::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn source_names_are_unambiguous() {
+        let a = Address::new(TypeName::from_static("a/b"), "c/d");
+        let b = Address::new(TypeName::from_static("a/b/c"), "d");
+        assert_eq!(a.to_string(), b.to_string(), "display is ambiguous");
+        assert_ne!(a.source_name(), b.source_name());
+        assert_eq!(a.source_name(), "a/b/c%2Fd");
+        assert_eq!(
+            Address::new(TypeName::from_static("x/y"), "u@v%").source_name(),
+            "x/y/u%40v%25"
+        );
+        let plain = Address::new(TypeName::from_static("example/greeter"), "Bob");
+        assert_eq!(plain.source_name(), plain.to_string());
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn messages_to_one_address_apply_in_order() {
 fn a_batch_for_one_address_is_one_commit() {
     let a = Address::new(LOG, "a");
     let messages: Vec<_> = (1..=5).map(|i| ingress(i, &a, &i.to_string())).collect();
-    let out = process_address(&registry(), &a, None, messages, 0, &BatchConfig::default());
+    let out = process_address(&registry(), &a, None, messages, &0, &BatchConfig::default());
     let commit = out.commit.expect("one commit");
     assert_eq!(commit.precondition, Precondition::DoesNotExist);
     assert_eq!(commit.state.version, 1, "five messages, one version step");
@@ -88,7 +88,7 @@ fn a_failure_commits_what_came_before_and_fails_the_rest() {
         ingress(2, &a, "fail"),
         ingress(3, &a, "y"),
     ];
-    let out = process_address(&registry(), &a, None, messages, 0, &BatchConfig::default());
+    let out = process_address(&registry(), &a, None, messages, &0, &BatchConfig::default());
     let failure = out.failure.expect("failure");
     assert!(matches!(failure.error, ProcessError::Function(_)));
     assert!(!failure.error.is_retryable());
@@ -130,7 +130,7 @@ fn unknown_function_types_are_poison_with_a_clear_reason() {
         &a,
         None,
         vec![ingress(1, &a, "hi")],
-        0,
+        &0,
         &BatchConfig::default(),
     );
     let failure = out.failure.expect("fails");
@@ -151,7 +151,7 @@ fn a_redelivered_message_is_applied_once_and_its_outbox_resent() {
         &echo,
         None,
         vec![ingress(1, &echo, "hello")],
-        0,
+        &0,
         &config,
     );
     let committed = first.commit.expect("commit").state;
@@ -164,7 +164,7 @@ fn a_redelivered_message_is_applied_once_and_its_outbox_resent() {
         &echo,
         Some(committed.clone()),
         vec![ingress(1, &echo, "hello"), ingress(2, &echo, "world")],
-        0,
+        &0,
         &config,
     );
     assert_eq!(again.resend, committed.outbox, "the lost sends are re-sent");
@@ -184,7 +184,7 @@ fn a_redelivered_message_is_applied_once_and_its_outbox_resent() {
     let store = MemoryStore::new();
     let transport = MemoryTransport::new();
     let batch = vec![resent.clone(), resent.clone(), next.clone(), resent.clone()];
-    let report = block_on(dispatch(&registry, &store, &transport, &config, 0, batch));
+    let report = block_on(dispatch(&registry, &store, &transport, &config, &0, batch));
     assert!(report.failed.is_empty(), "{report:?}");
     let state = store.get(&log).expect("log state");
     assert_eq!(
@@ -203,7 +203,7 @@ fn an_old_duplicate_does_not_resend_a_newer_outbox() {
         &echo,
         None,
         vec![ingress(1, &echo, "a")],
-        0,
+        &0,
         &config,
     )
     .commit
@@ -214,7 +214,7 @@ fn an_old_duplicate_does_not_resend_a_newer_outbox() {
         &echo,
         Some(v1),
         vec![ingress(2, &echo, "b")],
-        0,
+        &0,
         &config,
     )
     .commit
@@ -225,7 +225,7 @@ fn an_old_duplicate_does_not_resend_a_newer_outbox() {
         &echo,
         Some(v2),
         vec![ingress(1, &echo, "a")],
-        0,
+        &0,
         &config,
     );
     assert!(
@@ -471,14 +471,14 @@ fn egress_ids_are_stable_across_resends() {
     .expect("register");
     let a = Address::new(TypeName::from_static("test/out"), "o");
     let config = BatchConfig::default();
-    let first = process_address(&r, &a, None, vec![ingress(1, &a, "e")], 0, &config);
+    let first = process_address(&r, &a, None, vec![ingress(1, &a, "e")], &0, &config);
     let state = first.commit.expect("commit").state;
     let again = process_address(
         &r,
         &a,
         Some(state.clone()),
         vec![ingress(1, &a, "e")],
-        0,
+        &0,
         &config,
     );
     assert_eq!(again.resend, state.outbox);

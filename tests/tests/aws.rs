@@ -52,7 +52,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use statefun_aws::dynamo::DynamoStore;
 use statefun_aws::metrics::Metrics;
 use statefun_core::pipeline::{FailureKind, dispatch};
-use statefun_core::ports::{Clock, SystemClock, Transport, TransportError};
+use statefun_core::ports::{SystemClock, Transport, TransportError};
 use statefun_core::{
     Envelope, FunctionError, MessageId, OutboxEntry, Registry, TypeName, ValueSpec, envelope,
 };
@@ -362,7 +362,6 @@ async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_dr
         aws.config.table.clone(),
         Arc::new(Metrics::default()),
         Arc::new(SystemClock),
-        aws.config.dedup_retention,
     );
     let config = statefun_aws::app::batch_config(&aws.config);
     let report = dispatch(
@@ -370,7 +369,7 @@ async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_dr
         &store,
         &Down,
         &config,
-        SystemClock.now_ms(),
+        &SystemClock,
         vec![message.clone()],
     )
     .await;

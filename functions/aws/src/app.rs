@@ -55,6 +55,7 @@ pub fn batch_config(config: &AwsConfig) -> BatchConfig {
             ..Limits::default()
         },
         dedup_retention: config.dedup_retention,
+        ..BatchConfig::default()
     }
 }
 
@@ -98,7 +99,6 @@ impl Handlers {
         let transport = |metrics: &Arc<Metrics>| {
             SqsTransport::new(
                 clients.clone(),
-                config.table.clone(),
                 config.inbox_url.clone(),
                 config.delay_url.clone(),
                 config.egress.clone(),
@@ -117,7 +117,6 @@ impl Handlers {
             config.table.clone(),
             metrics.clone(),
             clock.clone(),
-            config.dedup_retention,
         );
         let settings = DispatcherSettings {
             batch: batch_config(config),

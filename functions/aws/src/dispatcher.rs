@@ -160,13 +160,14 @@ impl Dispatcher {
             remote: &self.remote,
             specs: &self.specs,
             config: &self.settings.batch,
+            clock: self.clock.as_ref(),
         };
         let pipeline = Pipeline {
             invoker,
             store: &self.store,
             transport: &self.transport,
         };
-        pipeline.dispatch(self.clock.now_ms(), batch).await
+        pipeline.dispatch(batch).await
     }
 
     /// Runs the decoded records; returns the record ids to report as failed.

@@ -8,15 +8,24 @@
 //! | `ft`, `fid` | S | function type and id, for people reading the table |
 //! | `v` | N | the instance version; every commit is conditional on it |
 //! | `st` | B | the instance record: cells, dedup record, last inputs and outbox (postcard) |
-//! | `ttl` | N | epoch seconds after which the item may go: set only when every cell expires, and never before the dedup retention has passed |
+//! | `ttl` | N | epoch seconds after which the item may go ([`InstanceState::delete_after_ms`]): set only when every cell expires, and never before the dedup retention has passed |
 //!
-//! Cancellation records of delayed messages live in the same table under
-//! `pk = cancel:…` ([`crate::keys::cancel_key`]) with `v` = the cancel's position.
+//! Two more kinds of items share the table, each written in the same transaction as
+//! the instance commit that makes it:
+//! - cancellations of delayed messages, `pk = cancel:…` ([`crate::keys::cancel_key`]),
+//!   `cv`/`ci` = the cancel's position, kept 366 days: the timer forwarder drops a
+//!   timer issued before it. Written with the commit, a cancel is in effect from then,
+//!   however late the outbox runs;
+//! - dedup entries spilled out of an instance record, `pk = dedup:…`
+//!   ([`crate::keys::dedup_key`]), `d` = the entry, `ttl` = its expiry
+//!   ([`statefun_core::dedup`]).
 //!
-//! Reads are one strongly consistent `BatchGetItem` per 100 addresses (unprocessed keys
-//! retried). A batch's commits are one `PutItem` when there is one, else one
-//! `TransactWriteItems` (up to 100 items): each item conditional on its version. When a
-//! transaction is cancelled, conflicted items are reported and the others retried.
+//! Reads are one strongly consistent `BatchGetItem` per 100 keys (unprocessed keys
+//! retried); spilled dedup entries are read the same way, only for addresses that have
+//! them. A batch's commits are one `PutItem` when there is one with nothing beside it,
+//! else `TransactWriteItems` (up to 100 items): each instance conditional on its
+//! version. When a transaction is cancelled, conflicted commits are reported and the
+//! others retried.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,10 +40,11 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, ReturnConsumedCapacity,
     TransactWriteItem,
 };
+use statefun_core::dedup::{DedupEntry, DedupKey};
 use statefun_core::ports::{Clock, CommitError, StateStore, StoreError};
 use statefun_core::{Address, Commit, InstanceState, LimitError, Precondition};
 
-use crate::keys::partition_key;
+use crate::keys::{cancel_key, dedup_key, partition_key};
 use crate::metrics::Metrics;
 
 /// DynamoDB's item size limit.
@@ -42,6 +52,10 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 const MAX_TRANSACTION_ITEMS: usize = 100;
 const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
 const MAX_BATCH_GET: usize = 100;
+/// How long a cancellation is honoured: delayed messages may hop for this long.
+const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+type Item = HashMap<String, AttributeValue>;
 
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -49,7 +63,6 @@ pub struct DynamoStore {
     table: String,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
-    retention_ms: u64,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -86,14 +99,12 @@ impl DynamoStore {
         table: String,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
-        retention: Duration,
     ) -> Self {
         DynamoStore {
             client,
             table,
             metrics,
             clock,
-            retention_ms: retention.as_millis() as u64,
         }
     }
 
@@ -139,26 +150,100 @@ impl DynamoStore {
             ),
             ("st".to_string(), AttributeValue::B(Blob::new(st))),
         ]);
-        if let Some(ttl) = self.ttl_seconds(&commit.state) {
-            item.insert("ttl".into(), AttributeValue::N(ttl.to_string()));
+        if let Some(ttl) = commit.delete_after_ms {
+            item.insert(
+                "ttl".into(),
+                AttributeValue::N(ttl.div_ceil(1000).to_string()),
+            );
         }
         Ok(item)
     }
 
-    /// When the whole item may be deleted: once every cell has expired, and not before
-    /// the dedup record may be forgotten.
-    fn ttl_seconds(&self, state: &InstanceState) -> Option<u64> {
-        if state.cells.values().any(|c| c.expires_at_ms.is_none()) {
-            return None;
+    /// The items written beside a commit's instance item, in its transaction: its
+    /// cancellations and its spilled dedup entries.
+    fn side_items(&self, commit: &Commit) -> Vec<Item> {
+        let cancel_ttl = self.clock.now_ms() / 1000 + CANCEL_RECORD_TTL.as_secs();
+        let cancels = commit.cancels().map(|(token, issued)| {
+            HashMap::from([
+                (
+                    "pk".to_string(),
+                    AttributeValue::S(cancel_key(&commit.address, token)),
+                ),
+                ("cv".into(), AttributeValue::N(issued.version.to_string())),
+                ("ci".into(), AttributeValue::N(issued.index.to_string())),
+                ("ttl".into(), AttributeValue::N(cancel_ttl.to_string())),
+            ])
+        });
+        let spilled = commit.spill.iter().map(|s| {
+            HashMap::from([
+                (
+                    "pk".to_string(),
+                    AttributeValue::S(dedup_key(&commit.address, &s.entry.key())),
+                ),
+                ("d".into(), AttributeValue::B(Blob::new(s.entry.to_bytes()))),
+                (
+                    "ttl".into(),
+                    AttributeValue::N(s.expires_at_ms.div_ceil(1000).to_string()),
+                ),
+            ])
+        });
+        cancels.chain(spilled).collect()
+    }
+
+    /// Strongly consistent reads of `keys` (chunks of 100, unprocessed keys retried
+    /// with backoff); the items found, by `pk`.
+    async fn batch_get(&self, keys: &[String]) -> Result<HashMap<String, Item>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            let mut request = KeysAndAttributes::builder().consistent_read(true);
+            for k in chunk {
+                request = request.keys(HashMap::from([(
+                    "pk".to_string(),
+                    AttributeValue::S(k.clone()),
+                )]));
+            }
+            let mut pending = Some(HashMap::from([(
+                self.table.clone(),
+                request.build().map_err(|e| StoreError(e.to_string()))?,
+            )]));
+            for attempt in 0..8u32 {
+                let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
+                    break;
+                };
+                if attempt > 0 {
+                    self.metrics.retry();
+                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
+                }
+                self.metrics.request("BatchGetItem");
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(items))
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                    .send()
+                    .await
+                    .map_err(|e| store_error("BatchGetItem", e))?;
+                record_capacity(&self.metrics, out.consumed_capacity());
+                for item in out
+                    .responses()
+                    .and_then(|r| r.get(&self.table))
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(AttributeValue::S(pk)) = item.get("pk") else {
+                        return Err(StoreError("item without pk".into()));
+                    };
+                    found.insert(pk.clone(), item.clone());
+                }
+                pending = out.unprocessed_keys().cloned();
+            }
+            if pending.is_some_and(|p| !p.is_empty()) {
+                return Err(StoreError(
+                    "BatchGetItem: keys still unprocessed after 8 tries".into(),
+                ));
+            }
         }
-        let last_cell = state
-            .cells
-            .values()
-            .filter_map(|c| c.expires_at_ms)
-            .max()
-            .unwrap_or(0);
-        let dedup_until = self.clock.now_ms() + self.retention_ms;
-        Some(last_cell.max(dedup_until).div_ceil(1000))
+        Ok(found)
     }
 
     fn condition(precondition: Precondition) -> (String, Option<(String, AttributeValue)>) {
@@ -203,20 +288,30 @@ impl DynamoStore {
         }
     }
 
-    fn transact_item(
+    /// A commit's transaction items: the conditional instance item first, then the
+    /// items beside it.
+    fn transact_items(
         &self,
         commit: &Commit,
-        item: HashMap<String, AttributeValue>,
-    ) -> Result<TransactWriteItem, StoreError> {
+        item: Item,
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
         let (expr, value) = Self::condition(commit.precondition);
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(expr)
-            .set_expression_attribute_values(value.map(|(k, v)| HashMap::from([(k, v)])))
-            .build()
-            .map_err(|e| StoreError(format!("building a transaction item: {e}")))?;
-        Ok(TransactWriteItem::builder().put(put).build())
+        let build = |put: aws_sdk_dynamodb::types::builders::PutBuilder| {
+            put.table_name(&self.table)
+                .build()
+                .map(|put| TransactWriteItem::builder().put(put).build())
+                .map_err(|e| StoreError(format!("building a transaction item: {e}")))
+        };
+        let mut items = vec![build(
+            Put::builder()
+                .set_item(Some(item))
+                .condition_expression(expr)
+                .set_expression_attribute_values(value.map(|(k, v)| HashMap::from([(k, v)]))),
+        )?];
+        for side in self.side_items(commit) {
+            items.push(build(Put::builder().set_item(Some(side)))?);
+        }
+        Ok(items)
     }
 
     /// One transaction over `indices`; conflicted ones are settled, the rest retried.
@@ -235,17 +330,23 @@ impl DynamoStore {
             if attempt > 0 {
                 self.metrics.retry();
             }
+            // Which commit each transaction item belongs to, for the cancellation reasons.
             let mut writes = Vec::new();
+            let mut owners = Vec::new();
             for &i in &remaining {
                 let item = items[i].clone().unwrap_or_default();
-                match self.transact_item(&commits[i], item) {
-                    Ok(w) => writes.push(w),
+                match self.transact_items(&commits[i], item) {
+                    Ok(w) => {
+                        owners.extend(std::iter::repeat_n(i, w.len()));
+                        writes.extend(w);
+                    }
                     Err(e) => {
                         results[i] = Some(Err(e.into()));
                     }
                 }
             }
             remaining.retain(|&i| results[i].is_none());
+            owners.retain(|i| results[*i].is_none());
             self.metrics.request("TransactWriteItems");
             let out = self
                 .client
@@ -269,14 +370,14 @@ impl DynamoStore {
                         }
                         _ => Vec::new(),
                     };
-                    if reasons.len() != remaining.len() {
+                    if reasons.len() != owners.len() {
                         let err = store_error("TransactWriteItems", e);
                         for &i in &remaining {
                             results[i] = Some(Err(err.clone().into()));
                         }
                         return;
                     }
-                    for (&i, reason) in remaining.iter().zip(&reasons) {
+                    for (&i, reason) in owners.iter().zip(&reasons) {
                         if reason.code() == Some("ConditionalCheckFailed") {
                             self.metrics.conflict();
                             results[i] =
@@ -299,61 +400,43 @@ impl DynamoStore {
 impl StateStore for DynamoStore {
     async fn load(&self, addresses: &[Address]) -> Result<Vec<Option<InstanceState>>, StoreError> {
         let keys: Vec<String> = addresses.iter().map(partition_key).collect();
-        let mut found: HashMap<String, InstanceState> = HashMap::new();
-        for chunk in keys.chunks(MAX_BATCH_GET) {
-            let mut request = KeysAndAttributes::builder().consistent_read(true);
-            for k in chunk {
-                request = request.keys(HashMap::from([(
-                    "pk".to_string(),
-                    AttributeValue::S(k.clone()),
-                )]));
-            }
-            let mut pending = Some(HashMap::from([(
-                self.table.clone(),
-                request.build().map_err(|e| StoreError(e.to_string()))?,
-            )]));
-            for attempt in 0..8u32 {
-                let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
-                    break;
-                };
-                if attempt > 0 {
-                    self.metrics.retry();
-                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
-                }
-                self.metrics.request("BatchGetItem");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(items))
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                    .send()
-                    .await
-                    .map_err(|e| store_error("BatchGetItem", e))?;
-                record_capacity(&self.metrics, out.consumed_capacity());
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    let (Some(AttributeValue::S(pk)), Some(AttributeValue::B(st))) =
-                        (item.get("pk"), item.get("st"))
-                    else {
-                        return Err(StoreError("state item without pk or st".into()));
-                    };
-                    let state = InstanceState::from_bytes(st.as_ref())
-                        .map_err(|e| StoreError(format!("{pk}: {e}")))?;
-                    found.insert(pk.clone(), state);
-                }
-                pending = out.unprocessed_keys().cloned();
-            }
-            if pending.is_some_and(|p| !p.is_empty()) {
-                return Err(StoreError(
-                    "BatchGetItem: keys still unprocessed after 8 tries".into(),
-                ));
-            }
-        }
-        Ok(keys.iter().map(|k| found.remove(k)).collect())
+        let mut found = self.batch_get(&keys).await?;
+        keys.iter()
+            .map(|k| {
+                found
+                    .remove(k)
+                    .map(|item| match item.get("st") {
+                        Some(AttributeValue::B(st)) => InstanceState::from_bytes(st.as_ref())
+                            .map_err(|e| StoreError(format!("{k}: {e}"))),
+                        _ => Err(StoreError(format!("{k}: state item without st"))),
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    async fn load_dedup(
+        &self,
+        lookups: &[(Address, Vec<DedupKey>)],
+    ) -> Result<Vec<Vec<DedupEntry>>, StoreError> {
+        let keys: Vec<Vec<String>> = lookups
+            .iter()
+            .map(|(a, keys)| keys.iter().map(|k| dedup_key(a, k)).collect())
+            .collect();
+        let all: Vec<String> = keys.iter().flatten().cloned().collect();
+        let found = self.batch_get(&all).await?;
+        keys.iter()
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| found.get(k).map(|item| (k, item)))
+                    .map(|(k, item)| match item.get("d") {
+                        Some(AttributeValue::B(d)) => DedupEntry::from_bytes(d.as_ref())
+                            .map_err(|e| StoreError(format!("{k}: {e}"))),
+                        _ => Err(StoreError(format!("{k}: dedup item without d"))),
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     async fn commit(&self, commits: &[Commit]) -> Vec<Result<(), CommitError>> {
@@ -377,15 +460,22 @@ impl StateStore for DynamoStore {
         let writable: Vec<usize> = (0..commits.len())
             .filter(|&i| results[i].is_none())
             .collect();
-        if let [only] = writable[..] {
+        if let [only] = writable[..]
+            && commits[only].spill.is_empty()
+            && commits[only].cancels().next().is_none()
+        {
             let item = items[only].take().unwrap_or_default();
             results[only] = Some(self.put_one(&commits[only], item).await);
         } else {
             // Group into transactions within DynamoDB's item and size limits.
             let mut group = Vec::new();
             let mut bytes = 0;
+            let mut count = 0;
             for i in writable {
-                if group.len() == MAX_TRANSACTION_ITEMS || bytes + sizes[i] > MAX_TRANSACTION_BYTES
+                let n = 1 + commits[i].spill.len() + commits[i].cancels().count();
+                if !group.is_empty()
+                    && (count + n > MAX_TRANSACTION_ITEMS
+                        || bytes + sizes[i] > MAX_TRANSACTION_BYTES)
                 {
                     self.transact(
                         commits,
@@ -395,8 +485,10 @@ impl StateStore for DynamoStore {
                     )
                     .await;
                     bytes = 0;
+                    count = 0;
                 }
                 bytes += sizes[i];
+                count += n;
                 group.push(i);
             }
             if !group.is_empty() {

@@ -1,6 +1,7 @@
 //! Keys and identifiers derived from addresses and message ids, within AWS's limits.
 
 use sha2::{Digest, Sha256};
+use statefun_core::dedup::DedupKey;
 use statefun_core::{Address, MessageId};
 
 /// The state table's partition key of an address: the type name is length-prefixed so
@@ -14,6 +15,18 @@ pub fn partition_key(address: &Address) -> String {
 pub fn cancel_key(sender: &Address, token: &str) -> String {
     let pk = partition_key(sender);
     format!("cancel:{}:{pk}:{token}", pk.len())
+}
+
+/// The key of a dedup entry spilled out of `address`'s record: readable when it fits
+/// DynamoDB's 2,048-byte partition key comfortably, else hashed.
+pub fn dedup_key(address: &Address, key: &DedupKey) -> String {
+    let pk = partition_key(address);
+    let plain = format!("dedup:{}:{pk}:{}", pk.len(), key.to_key_string());
+    if plain.len() <= 1024 {
+        plain
+    } else {
+        format!("dedup:{}", hashed(&plain))
+    }
 }
 
 fn sqs_safe(s: &str) -> bool {

@@ -4,8 +4,8 @@
 //!   `MessageDeduplicationId` = the message id, body = the versioned envelope;
 //! - delayed messages → the standard delay queue with `DelaySeconds` = the remaining
 //!   delay capped at the hop limit (the timer forwarder re-hops longer ones);
-//! - cancellations → a conditional write of a cancellation record the timer forwarder
-//!   reads (only a later cancellation replaces an earlier one);
+//! - cancellations → nothing: they were stored with their commit
+//!   ([`crate::dynamo`]), in effect from then;
 //! - egress → its SQS queue or SNS topic, the record as JSON with its stable id.
 //!
 //! Entries for one destination are sent together: `SendMessageBatch`/`PublishBatch`
@@ -17,23 +17,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use statefun_core::envelope::{self, TimerMessage};
 use statefun_core::ports::{Clock, Transport, TransportError};
-use statefun_core::{EgressRecord, Envelope, Issued, OutboxEntry, TypeName, view};
+use statefun_core::{EgressRecord, Envelope, OutboxEntry, TypeName, view};
 
 use crate::config::EgressTarget;
-use crate::keys::{cancel_key, dedup_id, group_id, message_dedup_id};
+use crate::keys::{dedup_id, group_id, message_dedup_id};
 use crate::metrics::Metrics;
 
 /// SQS's limit for one message and for one batch request.
 pub const MAX_SQS_BYTES: usize = 256 * 1024;
 const MAX_ENTRIES: usize = 10;
 const ATTEMPTS: u32 = 3;
-/// How long a cancellation is honoured: delayed messages may hop for this long.
-const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// AWS clients and where things go.
 #[derive(Debug, Clone)]
@@ -46,7 +43,6 @@ pub struct Clients {
 #[derive(Clone)]
 pub struct SqsTransport {
     clients: Clients,
-    table: String,
     inbox_url: String,
     delay_url: String,
     egress: BTreeMap<TypeName, EgressTarget>,
@@ -88,10 +84,8 @@ fn sdk_error(what: &str, e: impl std::error::Error) -> String {
 }
 
 impl SqsTransport {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         clients: Clients,
-        table: String,
         inbox_url: String,
         delay_url: String,
         egress: BTreeMap<TypeName, EgressTarget>,
@@ -101,7 +95,6 @@ impl SqsTransport {
     ) -> Self {
         SqsTransport {
             clients,
-            table,
             inbox_url,
             delay_url,
             egress,
@@ -341,41 +334,6 @@ impl SqsTransport {
             })
             .collect())
     }
-
-    /// Records a cancellation unless a later one is there already.
-    async fn cancel(
-        &self,
-        sender: &statefun_core::Address,
-        token: &str,
-        issued: Issued,
-    ) -> Result<(), String> {
-        let ttl = (self.clock.now_ms() / 1000) + CANCEL_RECORD_TTL.as_secs();
-        self.metrics.request("PutItem");
-        let out = self
-            .clients
-            .dynamodb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", AttributeValue::S(cancel_key(sender, token)))
-            .item("cv", AttributeValue::N(issued.version.to_string()))
-            .item("ci", AttributeValue::N(issued.index.to_string()))
-            .item("ttl", AttributeValue::N(ttl.to_string()))
-            .condition_expression("attribute_not_exists(pk) OR cv < :v OR (cv = :v AND ci < :i)")
-            .expression_attribute_values(":v", AttributeValue::N(issued.version.to_string()))
-            .expression_attribute_values(":i", AttributeValue::N(issued.index.to_string()))
-            .send()
-            .await;
-        match out {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("PutItem (cancellation)", e)),
-        }
-    }
 }
 
 impl Transport for SqsTransport {
@@ -415,7 +373,6 @@ impl Transport for SqsTransport {
     async fn send(&self, outboxes: &[&[OutboxEntry]]) -> Vec<Result<(), TransportError>> {
         let mut errors: Vec<Option<String>> = vec![None; outboxes.len()];
         let mut by_destination: BTreeMap<Destination, Vec<Outgoing>> = BTreeMap::new();
-        let mut cancels = Vec::new();
         for (o, outbox) in outboxes.iter().enumerate() {
             for entry in outbox.iter() {
                 match entry {
@@ -440,11 +397,7 @@ impl Transport for SqsTransport {
                             .or_default()
                             .push(self.timer_message(o, &timer));
                     }
-                    OutboxEntry::Cancel {
-                        sender,
-                        token,
-                        issued,
-                    } => cancels.push((o, sender, token, *issued)),
+                    OutboxEntry::Cancel { .. } => {}
                     OutboxEntry::Egress(record) => match self.egress_message(o, record) {
                         Ok((d, m)) => by_destination.entry(d).or_default().push(m),
                         Err(e) => errors[o] = Some(e.0),
@@ -454,11 +407,6 @@ impl Transport for SqsTransport {
         }
         for (destination, messages) in by_destination {
             self.send_batches(&destination, messages, &mut errors).await;
-        }
-        for (o, sender, token, issued) in cancels {
-            if let Err(e) = self.cancel(sender, token, issued).await {
-                errors[o] = Some(e);
-            }
         }
         errors
             .into_iter()

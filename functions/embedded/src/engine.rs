@@ -3,11 +3,12 @@
 //!
 //! 1. pick up to `max_batch_messages` pending messages in inbox order, skipping
 //!    addresses that wait for a retry, grouped by address (one invocation batch each);
-//! 2. transaction A, durable: re-sends, then every address's new record (group commit);
+//! 2. transaction A, durable: re-sends, then every address's new record with its
+//!    spilled dedup entries and its outbox (new inbox rows, timers, cancellations:
+//!    a cancel is in effect from its commit) — group commit;
 //! 3. egress records of those outboxes are written out (at-least-once, stable ids);
-//! 4. transaction B, durable: the outboxes (new inbox rows, timers, cancellations),
-//!    acknowledgements, retries and dead letters, newly accepted ingress messages, and
-//!    timers that fell due move to the inbox.
+//! 4. transaction B, durable: acknowledgements, retries and dead letters, newly
+//!    accepted ingress messages, and timers that fell due move to the inbox.
 //!
 //! A crash between A and B is the "commit landed, sends did not" case: the inputs are
 //! still in the inbox, come again, are recognised as applied and bring their outbox
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 use redb::{
     Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
 };
-use statefun_core::pipeline::{Invoker, block_on};
+use statefun_core::dedup::DedupKey;
+use statefun_core::pipeline::{Invoker, block_on, dedup_lookups};
 use statefun_core::ports::Clock;
 use statefun_core::remote::{RemoteFunctions, SpecCache};
 use statefun_core::{
@@ -32,7 +34,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::store::{
-    self, DEAD_LETTERS, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
+    self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
     TIMER_TOKENS, TIMERS, TimerEntry,
 };
 use crate::{EgressSink, EmbeddedConfig, EmbeddedError};
@@ -179,6 +181,8 @@ pub(crate) struct Engine {
     retry_at: HashMap<Address, Instant>,
     next_seq: u64,
     commits: u64,
+    /// When expired spilled dedup entries are next cleared out.
+    next_dedup_prune_ms: u64,
     specs: SpecCache,
     tokio: Option<tokio::runtime::Handle>,
 }
@@ -202,6 +206,7 @@ impl Engine {
             .now_ms()
             .saturating_sub(config.ingress_key_retention.as_millis() as u64);
         store::prune_ingress_keys(&txn, horizon)?;
+        store::prune_dedup(&txn, clock.now_ms())?;
         txn.commit()?;
         info!(
             pending = recovered.inbox.len(),
@@ -221,6 +226,7 @@ impl Engine {
             retry_at: HashMap::new(),
             next_seq: recovered.next_seq,
             commits: 0,
+            next_dedup_prune_ms: 0,
             specs: SpecCache::default(),
             tokio: tokio::runtime::Handle::try_current().ok(),
         })
@@ -347,7 +353,7 @@ impl Engine {
         let now = self.clock.now_ms();
         let groups = self.select();
         let addresses: Vec<&Address> = groups.iter().map(|(a, _)| a).collect();
-        let loaded = self.load(&addresses)?;
+        let mut loaded = self.load(&addresses)?;
         let batches: Vec<(Address, Vec<Envelope>)> = groups
             .iter()
             .map(|(address, seqs)| {
@@ -358,7 +364,20 @@ impl Engine {
                 (address.clone(), messages)
             })
             .collect();
-        let outcomes = self.invoke(batches, loaded, now);
+        let lookups = dedup_lookups(&batches, &loaded, now);
+        if !lookups.is_empty() {
+            let requests: Vec<(Address, Vec<DedupKey>)> = lookups
+                .iter()
+                .map(|(_, a, keys)| (a.clone(), keys.clone()))
+                .collect();
+            let found = store::read_dedup(&self.db, &requests)?;
+            for ((i, _, _), entries) in lookups.iter().zip(found) {
+                if let Some(state) = loaded[*i].as_mut() {
+                    state.dedup.absorb(entries);
+                }
+            }
+        }
+        let outcomes = self.invoke(batches, loaded);
 
         let mut seq = self.next_seq;
         let mut delta = Delta::default();
@@ -400,13 +419,6 @@ impl Engine {
                 timers: txn.open_table(TIMERS)?,
                 tokens: txn.open_multimap_table(TIMER_TOKENS)?,
             };
-            for outcome in &outcomes {
-                if let Some(commit) = &outcome.commit {
-                    for entry in commit.outbox() {
-                        tables.apply(entry, &mut seq, &mut delta)?;
-                    }
-                }
-            }
             for ((address, (done, culprit)), outcome) in
                 groups.iter().map(|(a, _)| a).zip(&splits).zip(&outcomes)
             {
@@ -489,6 +501,10 @@ impl Engine {
             }
             txn.open_table(META)?.insert(NEXT_SEQ, seq)?;
         }
+        if now >= self.next_dedup_prune_ms {
+            store::prune_dedup(&txn, now)?;
+            self.next_dedup_prune_ms = now + self.config.batch.retention_ms() / 16;
+        }
         txn.commit()?;
 
         self.next_seq = seq;
@@ -521,15 +537,15 @@ impl Engine {
         &self,
         batches: Vec<(Address, Vec<Envelope>)>,
         loaded: Vec<Option<InstanceState>>,
-        now: u64,
     ) -> Vec<AddressOutcome> {
         let invoker = Invoker {
             registry: &self.registry,
             remote: &self.config.remote,
             specs: &self.specs,
             config: &self.config.batch,
+            clock: self.clock.as_ref(),
         };
-        let process = invoker.process(batches, loaded, now);
+        let process = invoker.process(batches, loaded);
         match &self.tokio {
             Some(tokio) => tokio.block_on(process),
             // Without remote functions every future here is ready at once.
@@ -567,7 +583,9 @@ impl Engine {
         (done, culprit)
     }
 
-    /// Transaction A: re-sends and new instance records, in one durable commit.
+    /// Transaction A: re-sends, then the new instance records with their spilled dedup
+    /// entries and outboxes (egress aside: it is written out after this commit), in one
+    /// durable commit. Executing the outbox here puts a cancel in effect with its commit.
     fn commit_states(
         &mut self,
         groups: &[(Address, Vec<u64>)],
@@ -583,6 +601,7 @@ impl Engine {
                 tokens: txn.open_multimap_table(TIMER_TOKENS)?,
             };
             let mut states = txn.open_table(STATE)?;
+            let mut dedup = txn.open_table(DEDUP)?;
             for ((address, _), outcome) in groups.iter().zip(outcomes) {
                 if !outcome.resend.is_empty() {
                     info!(%address, entries = outcome.resend.len(), "re-sending the outbox of a redelivered commit");
@@ -591,10 +610,19 @@ impl Engine {
                     tables.apply(entry, seq, delta)?;
                 }
                 if let Some(commit) = &outcome.commit {
-                    states.insert(
-                        store::address_key(&commit.address).as_slice(),
-                        commit.state.to_bytes().as_slice(),
-                    )?;
+                    let key = store::address_key(&commit.address);
+                    states.insert(key.as_slice(), commit.state.to_bytes().as_slice())?;
+                    for spilled in &commit.spill {
+                        dedup.insert(
+                            (key.as_slice(), spilled.entry.key().to_key_string().as_str()),
+                            (spilled.entry.to_bytes().as_slice(), spilled.expires_at_ms),
+                        )?;
+                    }
+                    for entry in commit.outbox() {
+                        if !matches!(entry, OutboxEntry::Egress(_)) {
+                            tables.apply(entry, seq, delta)?;
+                        }
+                    }
                 }
             }
             txn.open_table(META)?.insert(NEXT_SEQ, *seq)?;

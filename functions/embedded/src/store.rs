@@ -1,5 +1,6 @@
-//! The embedded durable store: one redb file holding instance records, the inbox,
-//! timers, dead letters and ingress idempotency keys.
+//! The embedded durable store: one redb file holding instance records, the dedup
+//! entries spilled out of them, the inbox, timers, dead letters and ingress
+//! idempotency keys.
 
 use std::path::Path;
 
@@ -8,12 +9,18 @@ use redb::{
     WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
+use statefun_core::dedup::{DedupEntry, DedupKey};
 use statefun_core::{Address, Envelope, InstanceState, MessageId};
 
 use crate::EmbeddedError;
 
 /// Instance records by address key.
 pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+/// Dedup entries spilled out of instance records, by (address key, dedup key) →
+/// (entry, expires at ms): written in the commit's transaction, read only for
+/// addresses that spilled ([`statefun_core::dedup`]).
+pub(crate) const DEDUP: TableDefinition<DedupRow, (&[u8], u64)> = TableDefinition::new("dedup");
+type DedupRow = (&'static [u8], &'static str);
 /// Accepted, not yet settled messages by sequence number.
 pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 /// Delayed messages by (due time, message id): re-scheduling the same message is a no-op.
@@ -84,6 +91,7 @@ pub(crate) fn open(data_dir: &Path) -> Result<Database, EmbeddedError> {
     let db = Database::create(&path)?;
     let txn = db.begin_write()?;
     txn.open_table(STATE)?;
+    txn.open_table(DEDUP)?;
     txn.open_table(INBOX)?;
     txn.open_table(TIMERS)?;
     txn.open_multimap_table(TIMER_TOKENS)?;
@@ -150,6 +158,36 @@ pub(crate) fn dead_letters(db: &Database) -> Result<Vec<DeadLetter>, EmbeddedErr
         out.push(decode("dead letter", bytes.value())?);
     }
     Ok(out)
+}
+
+/// The spilled dedup entries found among `lookups`, one list per address.
+pub(crate) fn read_dedup(
+    db: &Database,
+    lookups: &[(Address, Vec<DedupKey>)],
+) -> Result<Vec<Vec<DedupEntry>>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DEDUP)?;
+    let mut out = Vec::with_capacity(lookups.len());
+    for (address, keys) in lookups {
+        let a = address_key(address);
+        let mut found = Vec::new();
+        for key in keys {
+            if let Some(row) = table.get((a.as_slice(), key.to_key_string().as_str()))? {
+                let entry = DedupEntry::from_bytes(row.value().0)
+                    .map_err(|e| EmbeddedError::Corrupt(format!("{address}: {e}")))?;
+                found.push(entry);
+            }
+        }
+        out.push(found);
+    }
+    Ok(out)
+}
+
+/// Forgets spilled dedup entries that expired by `now_ms`.
+pub(crate) fn prune_dedup(txn: &WriteTransaction, now_ms: u64) -> Result<(), EmbeddedError> {
+    txn.open_table(DEDUP)?
+        .retain(|_, (_, expires)| expires > now_ms)?;
+    Ok(())
 }
 
 /// Forgets idempotency keys accepted before `horizon_ms`.

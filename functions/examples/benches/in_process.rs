@@ -72,7 +72,7 @@ fn core_round(
     for batch in batches {
         for (address, messages) in group_by_address(batch) {
             let loaded = records.remove(&address);
-            let outcome = process_address(registry, &address, loaded, messages, 0, &config);
+            let outcome = process_address(registry, &address, loaded, messages, &0, &config);
             let commit = outcome.commit.expect("commit");
             records.insert(commit.address, commit.state);
         }
@@ -99,7 +99,7 @@ fn ports_round(registry: &Registry, store: &MemoryStore, batches: Vec<Vec<Envelo
     let config = BatchConfig::default();
     let transport = MemoryTransport::new();
     for batch in batches {
-        let report = block_on(dispatch(registry, store, &transport, &config, 0, batch));
+        let report = block_on(dispatch(registry, store, &transport, &config, &0, batch));
         assert!(report.failed.is_empty());
     }
 }
