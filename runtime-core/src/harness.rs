@@ -210,9 +210,11 @@ impl Harness {
         &self.captured
     }
 
-    /// Delayed messages not yet due, earliest first.
+    /// Delayed messages not yet due and not cancelled, earliest first.
     pub fn pending_delayed(&self) -> Vec<Timer> {
-        self.transport.pending_timers()
+        let mut timers = self.transport.pending_timers();
+        timers.retain(|t| !self.store.is_cancelled(t));
+        timers
     }
 
     /// Messages given up on: terminal failures, and retryable ones after

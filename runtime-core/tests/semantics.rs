@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use statefun_core::pipeline::{block_on, dispatch};
-use statefun_core::ports::{MemoryStore, MemoryTransport};
+use statefun_core::ports::{Clock, ManualClock, MemoryStore, MemoryTransport};
 use statefun_core::{
     Address, BatchConfig, Envelope, FunctionError, Harness, MessageId, OutboxEntry, Precondition,
     ProcessError, Registry, TypeName, TypedValue, ValueSpec, process_address,
@@ -486,4 +486,217 @@ fn egress_ids_are_stable_across_resends() {
         panic!("egress expected")
     };
     assert_eq!(record.id, "test/out/o@1.0");
+}
+
+/// `test/relay` forwards whatever it gets to `test/log/<id>` and to the egress `SINK`.
+fn relays() -> Registry {
+    let mut r = registry();
+    r.register_fn("test/relay", vec![], |ctx, msg| {
+        let target = Address::new(LOG, "all");
+        ctx.send_value(target, msg.clone());
+        ctx.send_egress_value(SINK, msg.clone());
+        Ok(())
+    })
+    .expect("register");
+    r
+}
+
+#[test]
+fn a_sender_whose_record_was_deleted_is_still_heard_and_its_ids_never_repeat() {
+    // A stateless relay's record goes (TTL, an operator); its next commits must not
+    // reuse versions the receiver and egress consumers have seen.
+    let store = MemoryStore::new();
+    let transport = MemoryTransport::new();
+    let config = BatchConfig::default();
+    let clock = ManualClock::new(1_767_225_600_000);
+    let registry = relays();
+    let relay = Address::new(TypeName::from_static("test/relay"), "r");
+    let log = Address::new(LOG, "all");
+    let mut egress_ids = Vec::new();
+    for (seq, text) in [(1, "before"), (2, "after")] {
+        let report = block_on(dispatch(
+            &registry,
+            &store,
+            &transport,
+            &config,
+            &clock,
+            vec![ingress(seq, &relay, text)],
+        ));
+        assert_eq!(report.settled.len(), 1);
+        let forwarded = transport.take_inbox(10);
+        block_on(dispatch(
+            &registry, &store, &transport, &config, &clock, forwarded,
+        ));
+        egress_ids.extend(transport.take_egress().into_iter().map(|r| r.id));
+        store.delete(&relay);
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        store
+            .get(&log)
+            .and_then(|s| s.cells.get("entries").map(|c| c.value.decode::<String>()))
+            .transpose()
+            .expect("string")
+            .as_deref(),
+        Some("before,after,"),
+        "the recreated relay's message was dropped as already applied"
+    );
+    assert_ne!(egress_ids[0], egress_ids[1], "an egress id repeated");
+}
+
+#[test]
+fn senders_whose_names_display_alike_keep_separate_marks() {
+    // Type `a/b` with id `c/d` and type `a/b/c` with id `d` both display `a/b/c/d`.
+    let mut r = Registry::new();
+    for t in ["a/b", "a/b/c"] {
+        r.register_fn(t, vec![], |ctx, msg| {
+            ctx.send_value(Address::new(LOG, "x"), msg.clone());
+            Ok(())
+        })
+        .expect("register");
+    }
+    r.register_fn("test/log", vec![ENTRIES.spec(), SEEN.spec()], |ctx, _| {
+        let seen = ctx.get(&SEEN)?.unwrap_or(0) + 1;
+        ctx.set(&SEEN, &seen)
+    })
+    .expect("register");
+    let mut h = Harness::new(r);
+    h.send(
+        Address::new(TypeName::from_static("a/b"), "c/d"),
+        &"1".to_string(),
+    );
+    h.send(
+        Address::new(TypeName::from_static("a/b/c"), "d"),
+        &"2".to_string(),
+    );
+    assert_eq!(h.state(&Address::new(LOG, "x"), &SEEN), Some(2));
+}
+
+#[test]
+fn a_cancel_is_in_effect_from_its_commit_even_if_its_outbox_never_runs() {
+    let store = MemoryStore::new();
+    let transport = MemoryTransport::new();
+    let config = BatchConfig::default();
+    let clock = ManualClock::new(0);
+    let registry = timers();
+    let t = Address::new(TIMER, "t");
+    block_on(dispatch(
+        &registry,
+        &store,
+        &transport,
+        &config,
+        &clock,
+        vec![ingress(1, &t, "later:1000:x")],
+    ));
+    assert_eq!(transport.pending_timers().len(), 1);
+    // The cancel commits; its outbox is never sent (the transport is down for good).
+    let report = block_on(dispatch(
+        &registry,
+        &store,
+        &Down,
+        &config,
+        &clock,
+        vec![ingress(2, &t, "cancel:x")],
+    ));
+    assert_eq!(report.commits, 1, "the cancel committed");
+    assert!(report.settled.is_empty(), "its sends failed");
+    clock.advance(Duration::from_secs(5));
+    let fired = transport.fire_due(clock.now_ms(), |timer| store.is_cancelled(timer));
+    assert!(fired.is_empty(), "a timer fired after its cancel committed");
+}
+
+/// A transport that is down.
+struct Down;
+
+impl statefun_core::ports::Transport for Down {
+    async fn send(
+        &self,
+        outboxes: &[&[OutboxEntry]],
+    ) -> Vec<Result<(), statefun_core::ports::TransportError>> {
+        outboxes
+            .iter()
+            .map(|_| Err(statefun_core::ports::TransportError("down".into())))
+            .collect()
+    }
+}
+
+/// A clock that moves 10 s each time it is read, as a slow batch would.
+struct Slow(std::sync::atomic::AtomicU64);
+
+impl Clock for Slow {
+    fn now_ms(&self) -> u64 {
+        self.0
+            .fetch_add(10_000, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn delays_count_from_the_invocation_not_the_batch() {
+    let t = Address::new(TIMER, "t");
+    let clock = Slow(std::sync::atomic::AtomicU64::new(1_000_000));
+    let out = process_address(
+        &timers(),
+        &t,
+        None,
+        vec![
+            ingress(1, &t, "later:60000:a"),
+            ingress(2, &t, "later:60000:b"),
+        ],
+        &clock,
+        &BatchConfig::default(),
+    );
+    let outbox = out.commit.expect("commit").state.outbox;
+    let due: Vec<u64> = outbox
+        .iter()
+        .filter_map(|e| match e {
+            OutboxEntry::SendAfter { due_at_ms, .. } => Some(*due_at_ms),
+            _ => None,
+        })
+        .collect();
+    // Readings: batch start 1,000,000; invocation a 1,010,000; invocation b 1,020,000.
+    assert_eq!(due, vec![1_070_000, 1_080_000]);
+}
+
+#[test]
+fn a_message_that_fits_alone_is_never_refused_for_its_batch_mates() {
+    const PAYLOAD: usize = 150 * 1024;
+    let mut r = Registry::new();
+    r.register_fn("test/fan", vec![], |ctx, msg| {
+        let copies: i64 = msg.decode()?;
+        for _ in 0..copies {
+            ctx.send_egress(SINK, &"x".repeat(PAYLOAD));
+        }
+        Ok(())
+    })
+    .expect("register");
+    let a = Address::new(TypeName::from_static("test/fan"), "f");
+    let store = MemoryStore::new();
+    let transport = MemoryTransport::new();
+    let config = BatchConfig::default();
+    let messages: Vec<Envelope> = [1i64, 1, 1, 3]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Envelope {
+            value: TypedValue::of(n),
+            ..ingress(i as u64 + 1, &a, "")
+        })
+        .collect();
+    let ids: Vec<MessageId> = messages.iter().map(|m| m.id.clone()).collect();
+    let report = block_on(dispatch(&r, &store, &transport, &config, &0, messages));
+    assert_eq!(
+        report.settled,
+        ids[..3].to_vec(),
+        "three 150 KiB outboxes do not fit one record together; each fits alone"
+    );
+    assert_eq!(transport.take_egress().len(), 3);
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].id, ids[3]);
+    assert!(
+        report.failed[0]
+            .reason
+            .contains("instance record (state + outbox) is"),
+        "only the message that cannot fit alone is refused: {}",
+        report.failed[0].reason
+    );
+    assert!(!report.failed[0].is_retryable());
 }

@@ -1,43 +1,73 @@
-//! Request accounting of the AWS path on the emulator: chains of `bench/hop` messages,
-//! every hop sending one message to a new, distinct address, pushed through the real
-//! dispatcher (DynamoDB store, SQS transport) by the local poller in batches of 10.
-//! Prints AWS requests and write units per message, messages/s and hop latency.
-//! Moto is not AWS: requests and units are what they would be on AWS; the times only
-//! say how the emulator behaves.
+//! Request accounting of the AWS path on the emulator, by kind of traffic, through the
+//! real dispatcher and timer forwarder (DynamoDB store, SQS transport) driven by the
+//! local poller in batches of 10:
+//! - **direct**: chains of `bench/hop` messages, each hop sending one message to a new,
+//!   distinct address;
+//! - **keyed ingress**: messages with their own ids (as SQS ingress record ids or
+//!   `Idempotency-Key`s are), all to one counter: its dedup hot set fills and spills;
+//! - **delayed**: chains where each hop sends the next with `send_after`, through the
+//!   delay queue and the timer forwarder.
+//!
+//! Prints AWS requests, read and write units per message for each. Moto is not AWS:
+//! requests and units are what they would be on AWS (moto reports a transaction's write
+//! units as a plain write's; AWS bills 2 per KB); the times only say how the emulator
+//! behaves.
 //!
 //! `cargo bench -p statefun-e2e --bench aws_requests` (needs .venv/bin/moto_server)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use statefun_aws::metrics::Snapshot;
 use statefun_core::ports::{Clock, SystemClock};
 use statefun_core::{Address, Registry, TypeName, TypedValue, ValueSpec};
 use statefun_e2e::{Aws, Dynamo};
 
 const HOP: TypeName = TypeName::from_static("bench/hop");
+const LATER: TypeName = TypeName::from_static("bench/later");
+const COUNTER: TypeName = TypeName::from_static("bench/counter");
 const SEEN: ValueSpec<bool> = ValueSpec::new("seen");
+const COUNT: ValueSpec<i64> = ValueSpec::new("count");
 const CHAINS: u64 = 40;
 const HOPS: i64 = 10;
+const KEYED: usize = 1_000;
+const SCALE: i64 = 10_000_000_000_000;
 
 fn registry(latencies: Arc<Mutex<Vec<u64>>>) -> Registry {
     let mut r = Registry::new();
-    r.register_fn(HOP.as_str(), vec![SEEN.spec()], move |ctx, msg| {
-        // value = remaining hops * 10^13 + the sender's clock in ms
-        let v: i64 = msg.decode()?;
-        let (remaining, sent_at) = (v / 10_000_000_000_000, (v % 10_000_000_000_000) as u64);
-        let now = SystemClock.now_ms();
-        if ctx.caller().is_some() {
-            latencies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(now.saturating_sub(sent_at));
-        }
-        ctx.set(&SEEN, &true)?;
-        if remaining > 0 {
-            let next = Address::new(HOP, format!("{}.{remaining}", ctx.self_address().id));
-            ctx.send(next, &((remaining - 1) * 10_000_000_000_000 + now as i64));
-        }
-        Ok(())
+    for (t, delayed) in [(HOP, false), (LATER, true)] {
+        let latencies = latencies.clone();
+        r.register_fn(t.as_str(), vec![SEEN.spec()], move |ctx, msg| {
+            // value = remaining hops * 10^13 + the sender's clock in ms
+            let v: i64 = msg.decode()?;
+            let (remaining, sent_at) = (v / SCALE, (v % SCALE) as u64);
+            let now = SystemClock.now_ms();
+            if ctx.caller().is_some() {
+                latencies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(now.saturating_sub(sent_at));
+            }
+            ctx.set(&SEEN, &true)?;
+            if remaining > 0 {
+                let next = Address::new(
+                    ctx.self_address().function_type.clone(),
+                    format!("{}.{remaining}", ctx.self_address().id),
+                );
+                let value = (remaining - 1) * SCALE + now as i64;
+                if delayed {
+                    ctx.send_after(Duration::ZERO, next, &value);
+                } else {
+                    ctx.send(next, &value);
+                }
+            }
+            Ok(())
+        })
+        .expect("register");
+    }
+    r.register_fn(COUNTER.as_str(), vec![COUNT.spec()], |ctx, msg| {
+        let n = ctx.get(&COUNT)?.unwrap_or(0) + msg.decode::<i64>()?;
+        ctx.set(&COUNT, &n)
     })
     .expect("register");
     r
@@ -47,66 +77,127 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+struct Row {
+    kind: &'static str,
+    messages: usize,
+    batches: usize,
+    totals: Snapshot,
+    latencies: Vec<u64>,
+}
+
+impl Row {
+    fn print(&self) {
+        let m = self.messages as f64;
+        println!(
+            "  {:<14} {:>6} msgs  mean batch {:>4.1}  requests/msg {:.3}  read units/msg {:.2}  write units/msg {:.2}  {:?}",
+            self.kind,
+            self.messages,
+            m / self.batches.max(1) as f64,
+            self.totals.total_requests() as f64 / m,
+            self.totals.read_units / m,
+            self.totals.write_units / m,
+            self.totals.requests,
+        );
+        if !self.latencies.is_empty() {
+            println!(
+                "  {:<14} hop latency ms (emulator) p50 {} p99 {}",
+                "",
+                percentile(&self.latencies, 0.5),
+                percentile(&self.latencies, 0.99)
+            );
+        }
+    }
+}
+
+/// Chains of hops, direct or delayed.
+async fn chains(kind: &'static str, t: TypeName) -> Row {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut aws = Aws::start(Dynamo::Moto, registry(latencies.clone()), &[], &[]).await;
     let now = SystemClock.now_ms() as i64;
     for chain in 0..CHAINS {
-        let value = TypedValue::of(&((HOPS - 1) * 10_000_000_000_000 + now));
+        let value = TypedValue::of(&((HOPS - 1) * SCALE + now));
         aws.send(
-            Address::new(HOP, format!("c{chain}")),
+            Address::new(t.clone(), format!("c{chain}")),
             value,
             &format!("start-{chain}"),
         )
         .await;
     }
     let total = (CHAINS * HOPS as u64) as usize;
-    let start = Instant::now();
     let mut batches = Vec::new();
-    loop {
+    let mut idle_polls = 0;
+    while batches.iter().sum::<usize>() < total && idle_polls < 100 {
         let n = aws.poll_inbox().await;
+        aws.poll_delay().await;
         if n > 0 {
             batches.push(n);
-        } else if latencies.lock().unwrap_or_else(|e| e.into_inner()).len() + CHAINS as usize
-            >= total
-        {
-            break;
+            idle_polls = 0;
         } else {
-            assert!(start.elapsed() < Duration::from_secs(300), "did not finish");
+            idle_polls += 1;
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let totals = aws.handlers.dispatcher.totals();
     let messages: usize = batches.iter().sum();
-    assert_eq!(messages, total, "every hop processed once");
-    let mut lat = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    lat.sort_unstable();
+    assert_eq!(messages, total, "{kind}: every hop processed once");
+    let mut totals = aws.handlers.dispatcher.totals();
+    totals.add(&aws.handlers.forwarder.totals());
+    let mut latencies = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    latencies.sort_unstable();
+    Row {
+        kind,
+        messages,
+        batches: batches.len(),
+        totals,
+        latencies,
+    }
+}
+
+/// Keyed messages, all to one address.
+async fn keyed() -> Row {
+    let mut aws = Aws::start(Dynamo::Moto, registry(Arc::default()), &[], &[]).await;
+    let hot = Address::new(COUNTER, "hot");
+    let mut batches = Vec::new();
+    for round in 0..KEYED / 100 {
+        for i in 0..100 {
+            let key = format!("sqs:{round:03}-{i:03}-0f6e4d2c-8a1b");
+            aws.send(hot.clone(), TypedValue::of(&1i64), &key).await;
+        }
+        let (mut handled, mut idle_polls) = (0, 0);
+        while handled < 100 && idle_polls < 100 {
+            let n = aws.poll_inbox().await;
+            if n > 0 {
+                batches.push(n);
+                idle_polls = 0;
+            } else {
+                idle_polls += 1;
+            }
+            handled += n;
+        }
+    }
+    let state = aws.state(&hot).await;
+    assert_eq!(state["state"]["count"]["value"], KEYED as i64, "{state}");
+    Row {
+        kind: "keyed ingress",
+        messages: KEYED,
+        batches: batches.len(),
+        totals: aws.handlers.dispatcher.totals(),
+        latencies: Vec::new(),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let started = Instant::now();
+    let rows = [
+        chains("direct", HOP).await,
+        keyed().await,
+        chains("delayed", LATER).await,
+    ];
+    println!("AWS path on moto, batches of 10 (dispatcher and timer forwarder requests):");
+    for row in &rows {
+        row.print();
+    }
     println!(
-        "AWS path on moto: {CHAINS} chains x {HOPS} hops, one outgoing message per input, distinct addresses"
-    );
-    println!(
-        "  messages processed      {messages} in {} batches (mean batch {:.1})",
-        batches.len(),
-        messages as f64 / batches.len() as f64
-    );
-    println!(
-        "  AWS requests / message  {:.3}  ({:?})",
-        totals.total_requests() as f64 / messages as f64,
-        totals.requests
-    );
-    println!(
-        "  write units / message   {:.2}",
-        totals.write_units / messages as f64
-    );
-    println!(
-        "  conflicts, retries      {}, {}",
-        totals.conflicts, totals.retries
-    );
-    println!("  messages/s (emulator)   {:.0}", messages as f64 / elapsed);
-    println!(
-        "  hop latency ms (emulator)  p50 {}  p99 {}",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        "  ({:.0} s on the emulator; {CHAINS} chains x {HOPS} hops, {KEYED} keyed messages to one address)",
+        started.elapsed().as_secs_f64()
     );
 }

@@ -194,9 +194,13 @@ async fn egress_to_an_sns_topic(dynamo: Dynamo) {
     assert_eq!(got.len(), 1, "{got:?}");
     let record: serde_json::Value = serde_json::from_str(&got[0].0).expect("json");
     assert_eq!(record["value"], "Hello Ann! 😎");
+    let greeter = aws
+        .state(&Address::new(statefun_examples::greeter::GREETER, "Ann"))
+        .await;
     assert_eq!(
-        record["id"], "example/greeter/Ann@1.0",
-        "a stable id to dedup on"
+        record["id"].as_str(),
+        Some(format!("example/greeter/Ann@{}.0", greeter["version"]).as_str()),
+        "a stable id to dedup on: the sender, its commit version, the index"
     );
 }
 
@@ -409,7 +413,11 @@ async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_dr
     let greeter = aws
         .state(&Address::new(statefun_examples::greeter::GREETER, "Bob"))
         .await;
-    assert_eq!(greeter["version"], 1, "{greeter}");
+    assert_eq!(
+        ids.first().cloned(),
+        Some(format!("example/greeter/Bob@{}.0", greeter["version"])),
+        "the greeter committed once: {greeter}"
+    );
 }
 
 async fn a_duplicate_delivery_is_applied_once(dynamo: Dynamo) {
@@ -808,6 +816,124 @@ async fn http_ingress_lambda_contract(dynamo: Dynamo) {
     );
 }
 
+/// The body's `id` of each egress record in a queue.
+async fn egress_ids(aws: &Aws, queue: &str) -> Vec<String> {
+    aws.take_all(&aws.url_of(queue))
+        .await
+        .iter()
+        .map(|(b, _)| {
+            serde_json::from_str::<serde_json::Value>(b).expect("json")["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+async fn an_instance_deleted_as_ttl_would_keeps_its_messages_and_egress_ids_unique(dynamo: Dynamo) {
+    let mut aws = Aws::start(
+        dynamo,
+        examples(),
+        &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
+        &["greets"],
+    )
+    .await;
+    let bob = Address::new(PERSON, "Bob");
+    let greeter = Address::new(statefun_examples::greeter::GREETER, "Bob");
+    let (dynamodb, table) = (aws.clients.dynamodb.clone(), aws.config.table.clone());
+    let delete = |address: Address| {
+        let (dynamodb, table) = (dynamodb.clone(), table.clone());
+        async move {
+            dynamodb
+                .delete_item()
+                .table_name(table)
+                .key(
+                    "pk",
+                    aws_sdk_dynamodb::types::AttributeValue::S(statefun_aws::keys::partition_key(
+                        &address,
+                    )),
+                )
+                .send()
+                .await
+                .expect("delete item");
+        }
+    };
+    aws.send(bob.clone(), greet("Bob"), "1").await;
+    aws.drain(Duration::from_millis(300)).await;
+    // The sender's record goes (a TTL, an operator), then the receiver's too.
+    delete(bob.clone()).await;
+    aws.send(bob.clone(), greet("Bob"), "2").await;
+    aws.drain(Duration::from_millis(300)).await;
+    delete(greeter).await;
+    aws.send(bob.clone(), greet("Bob"), "3").await;
+    aws.drain(Duration::from_millis(300)).await;
+    let ids = egress_ids(&aws, "greets").await;
+    assert_eq!(ids.len(), 3, "a greeting was lost: {ids:?}");
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 3, "an egress id repeated: {ids:?}");
+}
+
+async fn thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stays_bounded(
+    dynamo: Dynamo,
+) {
+    let mut aws = Aws::start(dynamo, examples(), &[], &[]).await;
+    let a = Address::new(COUNTER, "hot");
+    const MESSAGES: usize = 1_500;
+    for round in 0..MESSAGES / 100 {
+        for i in 0..100 {
+            let key = format!("source-record-{round:02}-{i:03}");
+            aws.send(a.clone(), TypedValue::of(&1i64), &key).await;
+        }
+        aws.drain(Duration::from_millis(200)).await;
+    }
+    // Late redeliveries of the first keys (past SQS's 5-minute dedup window, as a
+    // new MessageDeduplicationId): by now they live only in spilled dedup items.
+    for i in 0..20 {
+        let e = ingress(
+            &format!("source-record-00-{i:03}"),
+            a.clone(),
+            TypedValue::of(&1i64),
+        );
+        aws.clients
+            .sqs
+            .send_message()
+            .queue_url(&aws.config.inbox_url)
+            .message_body(envelope::encode(&e))
+            .message_group_id(statefun_aws::keys::group_id(&a))
+            .message_deduplication_id(format!("late-{i}"))
+            .send()
+            .await
+            .expect("send");
+    }
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(count(&aws, &a, "count").await, MESSAGES as i64);
+    let item = aws
+        .clients
+        .dynamodb
+        .get_item()
+        .table_name(&aws.config.table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(statefun_aws::keys::partition_key(&a)),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item");
+    let st = item
+        .item()
+        .and_then(|i| i.get("st"))
+        .and_then(|v| v.as_b().ok())
+        .expect("instance item")
+        .as_ref()
+        .len();
+    println!("instance item after {MESSAGES} keyed messages: {st} bytes");
+    assert!(
+        st <= 24 * 1024,
+        "the instance item grows with keyed traffic: {st} bytes"
+    );
+}
+
 /// Every scenario runs twice: all on moto, and with the state table on AWS's DynamoDB
 /// Local (SQS and SNS on moto).
 macro_rules! on_both {
@@ -843,4 +969,6 @@ on_both!(
     an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lost,
     a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured,
     sqs_ingress_routes_by_pointer_attribute_and_envelope,
+    an_instance_deleted_as_ttl_would_keeps_its_messages_and_egress_ids_unique,
+    thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stays_bounded,
 );

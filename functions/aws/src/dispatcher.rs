@@ -12,7 +12,7 @@
 //!   landed, and the redelivery is what re-sends its outbox.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use statefun_core::pipeline::{
@@ -52,7 +52,6 @@ pub struct Dispatcher {
     settings: DispatcherSettings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    totals: Mutex<Snapshot>,
     remote: Option<Arc<HttpFunctions>>,
     specs: SpecCache,
 }
@@ -83,7 +82,6 @@ impl Dispatcher {
             settings,
             clock,
             metrics,
-            totals: Mutex::default(),
             remote: None,
             specs: SpecCache::default(),
         }
@@ -97,10 +95,7 @@ impl Dispatcher {
 
     /// Everything counted since start (for benchmarks).
     pub fn totals(&self) -> Snapshot {
-        self.totals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.metrics.totals()
     }
 
     /// Handles one SQS event.
@@ -146,10 +141,6 @@ impl Dispatcher {
             "{}",
             snapshot.emf("dispatcher", records, self.clock.now_ms())
         );
-        self.totals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(&snapshot);
         crate::batch_response(&failed)
     }
 

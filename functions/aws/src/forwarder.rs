@@ -64,6 +64,11 @@ impl TimerForwarder {
         }
     }
 
+    /// Everything counted since start (for benchmarks).
+    pub fn totals(&self) -> crate::metrics::Snapshot {
+        self.metrics.totals()
+    }
+
     /// The latest cancellation of each `cancel key`, in one read.
     async fn cancellations(&self, keys: Vec<String>) -> Result<HashMap<String, Issued>, String> {
         let mut found = HashMap::new();

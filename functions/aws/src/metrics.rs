@@ -67,13 +67,14 @@ impl Snapshot {
     }
 }
 
-/// Counters shared by the adapters of one handler.
+/// Counters shared by the adapters of one handler: the current batch's, and the
+/// totals since start.
 #[derive(Debug, Default)]
-pub struct Metrics(Mutex<Snapshot>);
+pub struct Metrics(Mutex<(Snapshot, Snapshot)>);
 
 impl Metrics {
     fn with(&self, f: impl FnOnce(&mut Snapshot)) {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).0);
     }
 
     pub fn request(&self, api: &'static str) {
@@ -99,8 +100,16 @@ impl Metrics {
         self.with(|s| s.retries += 1);
     }
 
-    /// Returns the counts so far and starts again from zero.
+    /// Returns the counts so far and starts again from zero (adding them to the totals).
     pub fn take(&self) -> Snapshot {
-        std::mem::take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut both = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut both.0);
+        both.1.add(&batch);
+        batch
+    }
+
+    /// Everything taken since start (for benchmarks).
+    pub fn totals(&self) -> Snapshot {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
     }
 }

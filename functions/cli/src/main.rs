@@ -130,6 +130,10 @@ struct RunArgs {
     /// Test fail point: abort right after this many state commits, before their sends.
     #[arg(long, hide = true)]
     crash_after_commits: Option<u64>,
+    /// Test knob: the dedup bytes an instance record keeps before it moves entries out
+    /// (0: every commit moves all of them, so every redelivery is judged from outside).
+    #[arg(long, hide = true)]
+    dedup_budget_bytes: Option<usize>,
 }
 
 fn init_logs(format: LogFormat) {
@@ -179,6 +183,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.max_body_bytes = args.max_body_bytes;
     config.max_batch_messages = args.max_batch_messages.max(1);
     config.crash_after_commits = args.crash_after_commits;
+    if let Some(budget) = args.dedup_budget_bytes {
+        config.batch.dedup_budget_bytes = budget;
+    }
     if let Some(path) = &args.module {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
