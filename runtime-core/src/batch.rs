@@ -61,7 +61,7 @@ impl Default for BatchConfig {
         BatchConfig {
             limits: Limits::default(),
             dedup_retention: Duration::from_secs((14 * 24 + 12) * 3600),
-            dedup_budget_bytes: 16 * 1024,
+            dedup_budget_bytes: 4 * 1024,
         }
     }
 }

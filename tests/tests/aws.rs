@@ -929,7 +929,7 @@ async fn thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stay
         .len();
     println!("instance item after {MESSAGES} keyed messages: {st} bytes");
     assert!(
-        st <= 24 * 1024,
+        st <= 12 * 1024,
         "the instance item grows with keyed traffic: {st} bytes"
     );
 }

@@ -662,7 +662,7 @@ const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 
 /// A record larger than this means the dedup record grows with traffic.
-const RECORD_BOUND_BYTES: usize = 40 * 1024;
+const RECORD_BOUND_BYTES: usize = 24 * 1024;
 
 #[test]
 fn sixty_days_of_traffic_apply_every_effect_exactly_once() {

@@ -89,6 +89,27 @@ fn record_capacity<'a>(
     }
 }
 
+/// An item's size as DynamoDB counts it: attribute names plus values.
+fn item_bytes(item: &Item) -> usize {
+    item.iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(s) => s.len(),
+                    AttributeValue::N(n) => n.len() / 2 + 1,
+                    AttributeValue::B(b) => b.as_ref().len(),
+                    _ => 1,
+                }
+        })
+        .sum()
+}
+
+/// Write units AWS bills for `item`: 1 per KB, twice that inside a transaction.
+fn write_units(item: &Item, transactional: bool) -> u64 {
+    let units = item_bytes(item).div_ceil(1024).max(1) as u64;
+    if transactional { 2 * units } else { units }
+}
+
 fn store_error(what: &str, e: impl std::error::Error) -> StoreError {
     StoreError(format!("{what}: {}", DisplayErrorContext(e)))
 }
@@ -243,6 +264,16 @@ impl DynamoStore {
                 ));
             }
         }
+        // Strongly consistent: 1 unit per 4 KB of each item, 1 for a missing one.
+        let units = keys
+            .iter()
+            .map(|k| {
+                found
+                    .get(k)
+                    .map_or(1, |i| item_bytes(i).div_ceil(4096).max(1)) as u64
+            })
+            .sum();
+        self.metrics.billed(units, 0);
         Ok(found)
     }
 
@@ -263,6 +294,7 @@ impl DynamoStore {
     ) -> Result<(), CommitError> {
         let (expr, value) = Self::condition(commit.precondition);
         self.metrics.request("PutItem");
+        let units = write_units(&item, false);
         let out = self
             .client
             .put_item()
@@ -276,6 +308,7 @@ impl DynamoStore {
         match out {
             Ok(out) => {
                 record_capacity(&self.metrics, out.consumed_capacity());
+                self.metrics.billed(0, units);
                 Ok(())
             }
             Err(e) => match e.as_service_error() {
@@ -289,12 +322,12 @@ impl DynamoStore {
     }
 
     /// A commit's transaction items: the conditional instance item first, then the
-    /// items beside it.
+    /// items beside it; with the write units AWS bills for them.
     fn transact_items(
         &self,
         commit: &Commit,
         item: Item,
-    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+    ) -> Result<(Vec<TransactWriteItem>, u64), StoreError> {
         let (expr, value) = Self::condition(commit.precondition);
         let build = |put: aws_sdk_dynamodb::types::builders::PutBuilder| {
             put.table_name(&self.table)
@@ -302,6 +335,7 @@ impl DynamoStore {
                 .map(|put| TransactWriteItem::builder().put(put).build())
                 .map_err(|e| StoreError(format!("building a transaction item: {e}")))
         };
+        let mut units = write_units(&item, true);
         let mut items = vec![build(
             Put::builder()
                 .set_item(Some(item))
@@ -309,9 +343,10 @@ impl DynamoStore {
                 .set_expression_attribute_values(value.map(|(k, v)| HashMap::from([(k, v)]))),
         )?];
         for side in self.side_items(commit) {
+            units += write_units(&side, true);
             items.push(build(Put::builder().set_item(Some(side)))?);
         }
-        Ok(items)
+        Ok((items, units))
     }
 
     /// One transaction over `indices`; conflicted ones are settled, the rest retried.
@@ -333,12 +368,14 @@ impl DynamoStore {
             // Which commit each transaction item belongs to, for the cancellation reasons.
             let mut writes = Vec::new();
             let mut owners = Vec::new();
+            let mut units = 0;
             for &i in &remaining {
                 let item = items[i].clone().unwrap_or_default();
                 match self.transact_items(&commits[i], item) {
-                    Ok(w) => {
+                    Ok((w, n)) => {
                         owners.extend(std::iter::repeat_n(i, w.len()));
                         writes.extend(w);
+                        units += n;
                     }
                     Err(e) => {
                         results[i] = Some(Err(e.into()));
@@ -358,6 +395,7 @@ impl DynamoStore {
             match out {
                 Ok(out) => {
                     record_capacity(&self.metrics, out.consumed_capacity());
+                    self.metrics.billed(0, units);
                     for &i in &remaining {
                         results[i] = Some(Ok(()));
                     }

@@ -9,8 +9,14 @@ use serde_json::{Value as Json, json};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub requests: BTreeMap<&'static str, u64>,
+    /// Capacity as DynamoDB reports it (`ReturnConsumedCapacity`).
     pub read_units: f64,
     pub write_units: f64,
+    /// Capacity as AWS bills it, computed from the item sizes (emulators under-report:
+    /// strongly consistent reads at 1 unit per 4 KB, a missing item 1; writes 1 per KB,
+    /// in a transaction 2 per KB).
+    pub billed_read_units: u64,
+    pub billed_write_units: u64,
     pub bytes_sent: u64,
     pub conflicts: u64,
     pub retries: u64,
@@ -27,6 +33,8 @@ impl Snapshot {
         }
         self.read_units += other.read_units;
         self.write_units += other.write_units;
+        self.billed_read_units += other.billed_read_units;
+        self.billed_write_units += other.billed_write_units;
         self.bytes_sent += other.bytes_sent;
         self.conflicts += other.conflicts;
         self.retries += other.retries;
@@ -85,6 +93,14 @@ impl Metrics {
         self.with(|s| {
             s.read_units += read;
             s.write_units += write;
+        });
+    }
+
+    /// Capacity as AWS bills it (see [`Snapshot::billed_read_units`]).
+    pub fn billed(&self, read: u64, write: u64) {
+        self.with(|s| {
+            s.billed_read_units += read;
+            s.billed_write_units += write;
         });
     }
 
