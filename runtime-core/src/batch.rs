@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use crate::context::{Context, Effect};
 use crate::dedup::Spilled;
+use crate::failure::RetryPolicy;
 use crate::function::{FunctionError, Registry};
 use crate::message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
 use crate::ports::Clock;
 use crate::spec::{Expiration, StateSpec};
-use crate::state::{Cell, InstanceState, next_version};
+use crate::state::{Cell, Failing, InstanceState, next_version};
 use crate::typename::{Address, TypeName};
 
 /// What can be stored and sent, mirroring the AWS limits by default.
@@ -54,6 +55,8 @@ pub struct BatchConfig {
     /// The most bytes of dedup entries an instance record keeps; older entries spill
     /// outside it ([`crate::dedup`]).
     pub dedup_budget_bytes: usize,
+    /// Retry vs dead letter for failed messages, on every host.
+    pub retry: RetryPolicy,
 }
 
 impl Default for BatchConfig {
@@ -62,6 +65,7 @@ impl Default for BatchConfig {
             limits: Limits::default(),
             dedup_retention: Duration::from_secs((14 * 24 + 12) * 3600),
             dedup_budget_bytes: 4 * 1024,
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -115,6 +119,18 @@ impl ProcessError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, ProcessError::Unavailable(_))
     }
+
+    /// How a host treats it ([`crate::failure`]).
+    pub fn kind(&self) -> crate::failure::FailureKind {
+        use crate::failure::FailureKind;
+        if self.is_unavailable() {
+            FailureKind::Unavailable
+        } else if self.is_retryable() {
+            FailureKind::Retryable
+        } else {
+            FailureKind::Poison
+        }
+    }
 }
 
 /// A failed message and every later message of the same address in the batch, which
@@ -123,6 +139,9 @@ impl ProcessError {
 pub struct Failure {
     pub error: ProcessError,
     pub messages: Vec<MessageId>,
+    /// Tries of the failed (first) message that count, this one included: kept in the
+    /// record for a function that asks to be retried, 1 otherwise.
+    pub attempts: u32,
 }
 
 /// The version an instance must have for a commit to apply.
@@ -144,17 +163,25 @@ pub struct Commit {
     pub spill: Vec<Spilled>,
     /// When the record may be deleted (TTL), if ever.
     pub delete_after_ms: Option<u64>,
+    /// Whether this commit applied messages (and so carries a new outbox), or only
+    /// counted a failed try ([`crate::failure`]) and keeps the previous outbox stored.
+    pub applied: bool,
 }
 
 impl Commit {
+    /// The effects this commit makes: what hosts execute after it.
     pub fn outbox(&self) -> &[OutboxEntry] {
-        &self.state.outbox
+        if self.applied {
+            &self.state.outbox
+        } else {
+            &[]
+        }
     }
 
     /// The cancellations of this commit: stored with it (not when its outbox runs), so
     /// a cancel is in effect from its commit even if the outbox is delayed.
     pub fn cancels(&self) -> impl Iterator<Item = (&str, Issued)> {
-        self.state.outbox.iter().filter_map(|e| match e {
+        self.outbox().iter().filter_map(|e| match e {
             OutboxEntry::Cancel { token, issued, .. } => Some((token.as_str(), *issued)),
             _ => None,
         })
@@ -303,7 +330,7 @@ impl<'a> Working<'a> {
     /// The plan; `commit_ms` is the clock reading the commit is stamped with.
     fn finish(
         self,
-        failure: Option<Failure>,
+        mut failure: Option<Failure>,
         deferred: Vec<Envelope>,
         commit_ms: u64,
         config: &BatchConfig,
@@ -323,11 +350,32 @@ impl<'a> Working<'a> {
         } else {
             Vec::new()
         };
-        let commit = (!applied.is_empty()).then(|| {
+        // A function that asks to be retried spends one of its tries, counted in the
+        // record (and committed even if nothing else is): messages behind it never do.
+        let failing = failure.as_mut().and_then(|f| {
+            let id = f.messages.first()?.clone();
+            if f.error.kind() != crate::failure::FailureKind::Retryable {
+                return None;
+            }
+            f.attempts = match &state.failing {
+                Some(prev) if prev.id == id => prev.attempts + 1,
+                _ => 1,
+            };
+            Some(Failing {
+                id,
+                attempts: f.attempts,
+            })
+        });
+        let applied_any = !applied.is_empty();
+        let changed = applied_any || state.failing != failing;
+        state.failing = failing;
+        let commit = changed.then(|| {
             let retention_ms = config.retention_ms();
             state.version = next_version(state.version, commit_ms);
-            state.outbox = assign_ids(address, state.version, effects);
-            state.last_inputs = applied;
+            if applied_any {
+                state.outbox = assign_ids(address, state.version, effects);
+                state.last_inputs = applied;
+            }
             state.dedup.prune(commit_ms, retention_ms);
             let spill = state
                 .dedup
@@ -339,6 +387,7 @@ impl<'a> Working<'a> {
                 state,
                 spill,
                 delete_after_ms,
+                applied: applied_any,
             }
         });
         AddressOutcome {
@@ -402,6 +451,7 @@ pub fn process_address(
                     messages: std::iter::once(message.id)
                         .chain(messages.by_ref().map(|m| m.id))
                         .collect(),
+                    attempts: 1,
                 });
             }
             Ok((staged, effects, bytes)) => {
@@ -421,6 +471,7 @@ pub fn process_address(
                     messages: std::iter::once(message.id)
                         .chain(messages.by_ref().map(|m| m.id))
                         .collect(),
+                    attempts: 1,
                 });
             }
         }
@@ -598,6 +649,7 @@ impl RemoteBatch {
                 Some(Failure {
                     error,
                     messages: pending,
+                    attempts: 1,
                 }),
                 Vec::new(),
                 now_ms,
@@ -680,7 +732,14 @@ fn invoke_one(
     limits: &Limits,
 ) -> Result<(Staged, Vec<Effect>, usize), ProcessError> {
     let mut ctx = Context::new(address, message.caller.as_ref(), &reg.specs, &state.cells);
-    reg.function.invoke(&mut ctx, &message.value)?;
+    // A panic costs only its message: caught here, on every host, and turned into a
+    // terminal failure with its text (the context and its staged writes are dropped).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        reg.function.invoke(&mut ctx, &message.value)
+    }))
+    .map_err(|panic| {
+        FunctionError::terminal(format!("the function panicked: {}", panic_text(&*panic)))
+    })??;
     let Context {
         staged, effects, ..
     } = ctx;
@@ -694,6 +753,14 @@ fn invoke_one(
         limits,
     )?;
     Ok((staged, effects, bytes))
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Checks one invocation's writes and effects against the value and message limits;

@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::batch::BatchConfig;
+use crate::failure::Verdict;
 use crate::function::Registry;
 use crate::message::{EgressRecord, Envelope, MessageId};
 use crate::pipeline::{block_on, dispatch};
@@ -33,9 +34,6 @@ use crate::ports::{Clock, ManualClock, MemoryStore, MemoryTransport, Timer};
 use crate::spec::ValueSpec;
 use crate::typename::{Address, TypeName};
 use crate::value::{TypedValue, ValueType};
-
-/// How often a retryable failure is retried before the message is dead-lettered.
-pub const MAX_ATTEMPTS: u32 = 3;
 
 /// A message that was given up on, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +51,6 @@ pub struct Harness {
     transport: MemoryTransport,
     clock: ManualClock,
     ingress_seq: u64,
-    attempts: HashMap<MessageId, u32>,
     delivered: Vec<Envelope>,
     captured: Vec<Envelope>,
     dead_letters: Vec<DeadLetter>,
@@ -70,7 +67,6 @@ impl Harness {
             transport: MemoryTransport::new(),
             clock: ManualClock::new(0),
             ingress_seq: 0,
-            attempts: HashMap::new(),
             delivered: Vec::new(),
             captured: Vec::new(),
             dead_letters: Vec::new(),
@@ -149,21 +145,19 @@ impl Harness {
                     .iter()
                     .filter_map(|id| by_id.get(id).cloned()),
             );
+            // The failure policy decides; the harness retries at once (its clock moves
+            // only when told to).
             let mut retry = Vec::new();
             for failed in report.failed {
                 let Some(envelope) = by_id.get(&failed.id).cloned() else {
                     continue;
                 };
-                let retryable = failed.is_retryable();
-                let attempts = self.attempts.entry(failed.id).or_default();
-                *attempts += 1;
-                if retryable && *attempts < MAX_ATTEMPTS {
-                    retry.push(envelope);
-                } else {
-                    self.dead_letters.push(DeadLetter {
+                match failed.verdict {
+                    Verdict::Retry { .. } => retry.push(envelope),
+                    Verdict::DeadLetter => self.dead_letters.push(DeadLetter {
                         envelope,
                         reason: failed.reason,
-                    });
+                    }),
                 }
             }
             self.transport.requeue_front(retry);
@@ -217,8 +211,8 @@ impl Harness {
         timers
     }
 
-    /// Messages given up on: terminal failures, and retryable ones after
-    /// [`MAX_ATTEMPTS`].
+    /// Messages given up on: terminal failures, and retryable ones after the failure
+    /// policy's attempts ([`BatchConfig::retry`]).
     pub fn dead_letters(&self) -> &[DeadLetter] {
         &self.dead_letters
     }

@@ -8,6 +8,7 @@ pub mod builtin;
 pub mod context;
 pub mod dedup;
 pub mod envelope;
+pub mod failure;
 pub mod function;
 pub mod harness;
 pub mod ingress;
@@ -28,6 +29,7 @@ pub use batch::{
     process_address,
 };
 pub use context::{Context, Effect};
+pub use failure::{FailureKind, RetryPolicy, Verdict};
 pub use function::{FunctionError, Registry, RegistryError, StatefulFunction};
 pub use harness::Harness;
 pub use message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};

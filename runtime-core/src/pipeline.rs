@@ -11,6 +11,7 @@ use std::thread::Thread;
 
 use crate::batch::{AddressOutcome, BatchConfig, RemoteBatch, process_address};
 use crate::dedup::DedupKey;
+use crate::failure::{RetryPolicy, Verdict};
 use crate::function::Registry;
 use crate::message::{Envelope, MessageId};
 use crate::ports::{Clock, CommitError, StateStore, Transport};
@@ -18,30 +19,18 @@ use crate::remote::{NoRemote, RemoteFunctions, SpecCache, invoke};
 use crate::state::InstanceState;
 use crate::typename::Address;
 
-/// Why a message was not settled, which says what a host does with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Another host committed to the address first: run it again now.
-    Conflict,
-    /// The function failed and asked to be retried: try again later (a host may
-    /// dead-letter it after bounded tries).
-    Retryable,
-    /// The store or transport failed, possibly after the commit landed: try again later,
-    /// never dead-letter (the re-send on redelivery is what completes the commit).
-    Unavailable,
-    /// Behind a failed message of the same address: runs once that one is resolved.
-    Blocked,
-    /// Retrying cannot help (terminal function error, unknown type, too large):
-    /// dead-letter it.
-    Poison,
-}
+pub use crate::failure::FailureKind;
 
-/// A message that was not settled, and why.
+/// A message that was not settled, why, and what the failure policy says to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailedMessage {
+    pub address: Address,
     pub id: MessageId,
     pub reason: String,
     pub kind: FailureKind,
+    /// Tries of it that count ([`crate::failure`]).
+    pub attempts: u32,
+    pub verdict: Verdict,
 }
 
 impl FailedMessage {
@@ -62,36 +51,45 @@ pub struct BatchReport {
 impl BatchReport {
     fn fail_all(
         &mut self,
+        policy: &RetryPolicy,
+        address: &Address,
         ids: impl IntoIterator<Item = MessageId>,
         reason: &str,
         kind: FailureKind,
     ) {
         self.failed.extend(ids.into_iter().map(|id| FailedMessage {
+            address: address.clone(),
             id,
             reason: reason.to_string(),
             kind,
+            attempts: 0,
+            verdict: policy.verdict(kind, 0),
         }));
     }
 
-    fn add_failure(&mut self, outcome: &AddressOutcome) {
+    fn add_failure(&mut self, policy: &RetryPolicy, address: &Address, outcome: &AddressOutcome) {
         let Some(failure) = &outcome.failure else {
             return;
         };
         let mut ids = failure.messages.iter();
         if let Some(first) = ids.next() {
+            let kind = failure.error.kind();
             self.failed.push(FailedMessage {
+                address: address.clone(),
                 id: first.clone(),
                 reason: failure.error.to_string(),
-                kind: if failure.error.is_unavailable() {
-                    FailureKind::Unavailable
-                } else if failure.error.is_retryable() {
-                    FailureKind::Retryable
-                } else {
-                    FailureKind::Poison
-                },
+                kind,
+                attempts: failure.attempts,
+                verdict: policy.verdict(kind, failure.attempts),
             });
             let blocked = format!("blocked behind failed message {first}");
-            self.fail_all(ids.cloned(), &blocked, FailureKind::Blocked);
+            self.fail_all(
+                policy,
+                address,
+                ids.cloned(),
+                &blocked,
+                FailureKind::Blocked,
+            );
         }
     }
 }
@@ -255,11 +253,20 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
         let (store, transport) = (self.store, self.transport);
         let groups = group_by_address(batch);
         let addresses: Vec<Address> = groups.iter().map(|(a, _)| a.clone()).collect();
+        let policy = &self.invoker.config.retry;
         let unavailable = |report: &mut BatchReport,
                            groups: Vec<(Address, Vec<Envelope>)>,
                            e: &dyn std::fmt::Display| {
-            let ids = groups.into_iter().flat_map(|(_, m)| m).map(|m| m.id);
-            report.fail_all(ids, &e.to_string(), FailureKind::Unavailable);
+            for (address, messages) in groups {
+                let ids = messages.into_iter().map(|m| m.id);
+                report.fail_all(
+                    policy,
+                    &address,
+                    ids,
+                    &e.to_string(),
+                    FailureKind::Unavailable,
+                );
+            }
         };
         let mut loaded = match store.load(&addresses).await {
             Ok(loaded) => loaded,
@@ -300,6 +307,8 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
         for (&i, result) in resending.iter().zip(results) {
             if let Err(e) = result {
                 report.fail_all(
+                    policy,
+                    &addresses[i],
                     all_ids(&outcomes[i]),
                     &e.to_string(),
                     FailureKind::Unavailable,
@@ -319,7 +328,13 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
                 .iter()
                 .find_map(|e| transport.check(e).err())
             {
-                report.fail_all(all_ids(outcome), &e.to_string(), FailureKind::Poison);
+                report.fail_all(
+                    policy,
+                    &addresses[i],
+                    all_ids(outcome),
+                    &e.to_string(),
+                    FailureKind::Poison,
+                );
                 ok[i] = false;
             }
         }
@@ -348,7 +363,13 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
                         CommitError::TooLarge(_) => FailureKind::Poison,
                         CommitError::Store(_) => FailureKind::Unavailable,
                     };
-                    report.fail_all(all_ids(&outcomes[i]), &e.to_string(), kind);
+                    report.fail_all(
+                        policy,
+                        &addresses[i],
+                        all_ids(&outcomes[i]),
+                        &e.to_string(),
+                        kind,
+                    );
                     ok[i] = false;
                 }
             }
@@ -358,6 +379,8 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
         for ((i, _), result) in sending.iter().zip(results) {
             if let Err(e) = result {
                 report.fail_all(
+                    policy,
+                    &addresses[*i],
                     all_ids(&outcomes[*i]),
                     &e.to_string(),
                     FailureKind::Unavailable,
@@ -370,7 +393,7 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
         for (i, outcome) in outcomes.iter_mut().enumerate() {
             if ok[i] {
                 report.settled.extend(outcome.settled.iter().cloned());
-                report.add_failure(outcome);
+                report.add_failure(policy, &addresses[i], outcome);
                 deferred.append(&mut outcome.deferred);
             }
         }

@@ -31,6 +31,16 @@ pub struct InstanceState {
     pub dedup: Dedup,
     pub last_inputs: Vec<MessageId>,
     pub outbox: Vec<OutboxEntry>,
+    /// The message at the head of this address that keeps asking to be retried, and
+    /// how often it was tried ([`crate::failure`]).
+    pub failing: Option<Failing>,
+}
+
+/// Tries of the message that blocks an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failing {
+    pub id: MessageId,
+    pub attempts: u32,
 }
 
 /// Stored bytes that are not an instance record.

@@ -700,3 +700,62 @@ fn a_message_that_fits_alone_is_never_refused_for_its_batch_mates() {
     );
     assert!(!report.failed[0].is_retryable());
 }
+
+#[test]
+fn a_panicking_function_costs_only_its_message() {
+    let mut r = registry();
+    r.register_fn("test/panicky", vec![SEEN.spec()], |ctx, msg| {
+        if msg.decode::<String>()? == "boom" {
+            panic!("boom at {}", ctx.self_address());
+        }
+        let seen = ctx.get(&SEEN)?.unwrap_or(0) + 1;
+        ctx.set(&SEEN, &seen)
+    })
+    .expect("register");
+    let p = Address::new(TypeName::from_static("test/panicky"), "p");
+    let other = Address::new(LOG, "other");
+    let store = MemoryStore::new();
+    let transport = MemoryTransport::new();
+    let batch = vec![
+        ingress(1, &p, "a"),
+        ingress(2, &other, "x"),
+        ingress(3, &p, "boom"),
+        ingress(4, &p, "b"),
+    ];
+    let report = block_on(dispatch(
+        &r,
+        &store,
+        &transport,
+        &BatchConfig::default(),
+        &0,
+        batch,
+    ));
+    let failed: Vec<(&MessageId, bool)> = report
+        .failed
+        .iter()
+        .map(|f| (&f.id, f.is_retryable()))
+        .collect();
+    assert_eq!(
+        report.settled.len(),
+        2,
+        "the message ahead and the other address"
+    );
+    assert!(
+        report.failed[0]
+            .reason
+            .contains("the function panicked: boom at test/panicky/p"),
+        "{}",
+        report.failed[0].reason
+    );
+    assert!(!failed[0].1, "a panic is terminal: {failed:?}");
+    let mut h = Harness::new(r);
+    h.send(p.clone(), &"a".to_string())
+        .send(p.clone(), &"boom".to_string())
+        .send(p.clone(), &"b".to_string());
+    assert_eq!(
+        h.state(&p, &SEEN),
+        Some(2),
+        "the messages around it applied"
+    );
+    assert_eq!(h.dead_letters().len(), 1);
+}

@@ -66,7 +66,8 @@ const BIG: ValueSpec<String> = ValueSpec::new("big");
 /// `test/flaky`: "fail" asks to be retried, anything else counts in `n`;
 /// `test/terminal`: always fails terminally; `test/big`: stores a string of the given
 /// length; `test/timer`: "later:<ms>:<token>" sends +1 to `example/counter/<id>` after
-/// the delay, "cancel:<token>" cancels it.
+/// the delay, "twice:<token>" sends two such at once under one token, "cancel:<token>"
+/// cancels them.
 fn registry() -> Registry {
     let mut r = examples();
     r.register_fn("test/flaky", vec![N.spec()], |ctx, msg| {
@@ -96,6 +97,12 @@ fn registry() -> Registry {
                 &1i64,
                 token,
             ),
+            ["twice", token] => {
+                for _ in 0..2 {
+                    ctx.send_after_with_token(Duration::ZERO, counter.clone(), &1i64, token)?;
+                }
+                Ok(())
+            }
             ["cancel", token] => ctx.cancel_delayed_message(token),
             _ => Err(FunctionError::terminal(format!("bad command {cmd}"))),
         }
@@ -579,6 +586,56 @@ async fn a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured(dy
     );
 }
 
+async fn timers_sharing_a_token_and_a_timer_delivered_twice_in_one_batch_go_through(
+    dynamo: Dynamo,
+) {
+    let mut aws = Aws::start(dynamo, registry(), &[], &[]).await;
+    let timer = at("test/timer", "shared");
+    let counter = Address::new(COUNTER, "shared");
+    aws.send(timer.clone(), text("twice:same"), "1").await;
+    aws.poll_inbox().await;
+    // A copy of one more timer, twice on the delay queue (a re-send, or the standard
+    // queue's own duplicate): both copies land in the forwarder's next batch with the
+    // two timers above, four records sharing one cancellation key.
+    let copy = envelope::TimerMessage {
+        due_at_ms: 0,
+        token: Some("same".into()),
+        issued: statefun_core::Issued {
+            version: u64::MAX / 2,
+            index: 0,
+        },
+        envelope: Envelope {
+            id: MessageId::Keyed("test/timer/shared@copy.0".into()),
+            target: counter.clone(),
+            caller: Some(timer.clone()),
+            value: TypedValue::of(&1i64),
+        },
+    };
+    for _ in 0..2 {
+        aws.clients
+            .sqs
+            .send_message()
+            .queue_url(&aws.config.delay_url)
+            .message_body(envelope::encode_timer(&copy))
+            .send()
+            .await
+            .expect("send");
+    }
+    let forwarded = aws.poll_delay().await;
+    assert_eq!(forwarded, 4, "one forwarder batch with all four records");
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&aws, &counter, "count").await,
+        3,
+        "both timers under one token, and the copied timer once"
+    );
+    assert!(
+        aws.take_all(&aws.url_of("delay-dlq")).await.is_empty()
+            && aws.take_all(&aws.config.dlq_url).await.is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
 async fn sqs_ingress_routes_by_pointer_attribute_and_envelope(dynamo: Dynamo) {
     let routes = r#"[
         {"queue": "PREFIX-people", "target": "example/person", "id": {"pointer": "/name"}, "typename": "example/GreetRequest"},
@@ -969,6 +1026,7 @@ on_both!(
     an_oversized_state_is_refused_with_a_typed_error_and_nothing_else_is_lost,
     a_delay_longer_than_one_hop_arrives_on_time_and_a_cancel_is_honoured,
     sqs_ingress_routes_by_pointer_attribute_and_envelope,
+    timers_sharing_a_token_and_a_timer_delivered_twice_in_one_batch_go_through,
     an_instance_deleted_as_ttl_would_keeps_its_messages_and_egress_ids_unique,
     thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stays_bounded,
 );

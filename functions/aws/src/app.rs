@@ -5,7 +5,7 @@ use std::sync::Arc;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::Credentials;
 use statefun_core::ports::Clock;
-use statefun_core::{BatchConfig, Limits, Registry};
+use statefun_core::{BatchConfig, Limits, Registry, RetryPolicy};
 
 use crate::config::AwsConfig;
 use crate::dead_letter::DeadLetters;
@@ -55,6 +55,10 @@ pub fn batch_config(config: &AwsConfig) -> BatchConfig {
             ..Limits::default()
         },
         dedup_retention: config.dedup_retention,
+        retry: RetryPolicy {
+            max_attempts: config.max_receives,
+            ..RetryPolicy::default()
+        },
         ..BatchConfig::default()
     }
 }
@@ -120,7 +124,6 @@ impl Handlers {
         );
         let settings = DispatcherSettings {
             batch: batch_config(config),
-            max_receives: config.max_receives,
             conflict_retries: config.conflict_retries,
         };
         let dispatcher = Dispatcher::new(
@@ -136,8 +139,12 @@ impl Handlers {
 
         let metrics = Arc::new(Metrics::default());
         let forwarder = TimerForwarder::new(
-            clients.dynamodb.clone(),
-            config.table.clone(),
+            DynamoStore::new(
+                clients.dynamodb.clone(),
+                config.table.clone(),
+                metrics.clone(),
+                clock.clone(),
+            ),
             transport(&metrics),
             dead_letters(&metrics),
             clock.clone(),

@@ -1,11 +1,13 @@
 //! The dispatcher Lambda: an SQS batch from the FIFO inbox in, `batchItemFailures` out.
 //!
 //! Group by address, load, invoke, commit, send — the core's pipeline over DynamoDB and
-//! SQS. Then, per address, by its first failed message:
+//! SQS. Then, per address, by its first failed message and the core's failure policy
+//! ([`statefun_core::failure`]), the same for every host:
 //! - version conflict: run the address again now (bounded), then report it;
-//! - poison (undecodable, unknown type, terminal error, too large), or a function that
-//!   keeps asking to be retried past `max_receives`: move it to the DLQ with the reason
-//!   and run the messages behind it;
+//! - dead letter (undecodable, unknown type, terminal error, panic, too large, or a
+//!   function that asked to be retried `STATEFUN_MAX_RECEIVES` times, counted in its
+//!   record — the receives of messages blocked behind it do not count): move it to the
+//!   DLQ with the reason and run the messages behind it;
 //! - otherwise (store or transport unavailable, a function retry): report it and every
 //!   later message of its address (= its FIFO group) as failed, so SQS redelivers them
 //!   in order. Store and transport failures are never dead-lettered: the commit may have
@@ -20,7 +22,9 @@ use statefun_core::pipeline::{
 };
 use statefun_core::ports::Clock;
 use statefun_core::remote::SpecCache;
-use statefun_core::{BatchConfig, Envelope, MessageId, Registry, envelope};
+use statefun_core::{
+    Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, Verdict, envelope,
+};
 use statefun_remote::HttpFunctions;
 use tracing::{info, warn};
 
@@ -32,7 +36,6 @@ use crate::transport::SqsTransport;
 /// A record of the batch and its decoded envelope.
 struct Received {
     record_id: String,
-    receives: u32,
     body: String,
     envelope: Envelope,
 }
@@ -40,7 +43,6 @@ struct Received {
 #[derive(Debug, Clone, Copy)]
 pub struct DispatcherSettings {
     pub batch: BatchConfig,
-    pub max_receives: u32,
     pub conflict_retries: u32,
 }
 
@@ -106,15 +108,9 @@ impl Dispatcher {
         for record in event.records {
             let record_id = record.message_id.unwrap_or_default();
             let body = record.body.unwrap_or_default();
-            let receives = record
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1);
             match envelope::decode(&body) {
                 Ok(envelope) => received.push(Received {
                     record_id,
-                    receives,
                     body,
                     envelope,
                 }),
@@ -163,9 +159,12 @@ impl Dispatcher {
 
     /// Runs the decoded records; returns the record ids to report as failed.
     async fn run(&self, received: &[Received]) -> Vec<String> {
-        let records_of = |id: &MessageId| -> Vec<usize> {
+        // Ids are unique per target only: a record is known by both.
+        let records_of = |address: &Address, id: &MessageId| -> Vec<usize> {
             (0..received.len())
-                .filter(|&i| &received[i].envelope.id == id)
+                .filter(|&i| {
+                    &received[i].envelope.id == id && &received[i].envelope.target == address
+                })
                 .collect()
         };
         let mut failed = Vec::new();
@@ -176,52 +175,50 @@ impl Dispatcher {
             }
             if round > 0 {
                 // Let the racer that won finish before reloading.
-                tokio::time::sleep(std::time::Duration::from_millis(10 << round.min(6))).await;
+                tokio::time::sleep(RetryPolicy::io().backoff(round)).await;
             }
             let batch: Vec<Envelope> = pending
                 .iter()
                 .map(|&i| received[i].envelope.clone())
                 .collect();
             let report = self.dispatch(batch).await;
-            let verdicts: HashMap<MessageId, FailedMessage> = report
+            let verdicts: HashMap<(Address, MessageId), FailedMessage> = report
                 .failed
                 .into_iter()
-                .map(|f| (f.id.clone(), f))
+                .map(|f| ((f.address.clone(), f.id.clone()), f))
                 .collect();
             let unsettled: Vec<Envelope> = pending
                 .iter()
                 .map(|&i| &received[i].envelope)
-                .filter(|e| verdicts.contains_key(&e.id))
+                .filter(|e| verdicts.contains_key(&(e.target.clone(), e.id.clone())))
                 .cloned()
                 .collect();
             let mut next = Vec::new();
             for (address, messages) in group_by_address(unsettled) {
-                let Some(head) = messages.first().and_then(|m| verdicts.get(&m.id)) else {
+                let Some(head) = messages
+                    .first()
+                    .and_then(|m| verdicts.get(&(address.clone(), m.id.clone())))
+                else {
                     continue;
                 };
-                let records: Vec<usize> = messages.iter().flat_map(|m| records_of(&m.id)).collect();
+                let records: Vec<usize> = messages
+                    .iter()
+                    .flat_map(|m| records_of(&address, &m.id))
+                    .collect();
                 let last_round = round == self.settings.conflict_retries;
-                let head_record = &received[records[0]];
-                let give_up = head.kind == FailureKind::Retryable
-                    && head_record.receives >= self.settings.max_receives;
-                match head.kind {
-                    FailureKind::Conflict if !last_round => {
+                match (head.kind, head.verdict) {
+                    (FailureKind::Conflict, _) if !last_round => {
                         info!(%address, "version conflict; running the address again");
                         next.extend(records);
                     }
-                    FailureKind::Poison | FailureKind::Retryable
-                        if head.kind == FailureKind::Poison || give_up =>
-                    {
-                        let reason = if give_up {
-                            format!(
-                                "gave up after {} receives: {}",
-                                head_record.receives, head.reason
-                            )
+                    (kind, Verdict::DeadLetter) => {
+                        let reason = if kind == FailureKind::Retryable {
+                            format!("gave up after {} tries: {}", head.attempts, head.reason)
                         } else {
                             head.reason.clone()
                         };
                         let group = crate::keys::group_id(&address);
-                        let head_records = records_of(&head.id);
+                        let head_records = records_of(&address, &head.id);
                         let mut moved = true;
                         for &r in &head_records {
                             let rec = &received[r];

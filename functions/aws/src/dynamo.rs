@@ -42,7 +42,7 @@ use aws_sdk_dynamodb::types::{
 };
 use statefun_core::dedup::{DedupEntry, DedupKey};
 use statefun_core::ports::{Clock, CommitError, StateStore, StoreError};
-use statefun_core::{Address, Commit, InstanceState, LimitError, Precondition};
+use statefun_core::{Address, Commit, InstanceState, LimitError, Precondition, RetryPolicy};
 
 use crate::keys::{cancel_key, dedup_key, partition_key};
 use crate::metrics::Metrics;
@@ -55,7 +55,7 @@ const MAX_BATCH_GET: usize = 100;
 /// How long a cancellation is honoured: delayed messages may hop for this long.
 const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -213,7 +213,10 @@ impl DynamoStore {
 
     /// Strongly consistent reads of `keys` (chunks of 100, unprocessed keys retried
     /// with backoff); the items found, by `pk`.
-    async fn batch_get(&self, keys: &[String]) -> Result<HashMap<String, Item>, StoreError> {
+    pub(crate) async fn batch_get(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Item>, StoreError> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(MAX_BATCH_GET) {
             let mut request = KeysAndAttributes::builder().consistent_read(true);
@@ -227,13 +230,14 @@ impl DynamoStore {
                 self.table.clone(),
                 request.build().map_err(|e| StoreError(e.to_string()))?,
             )]));
-            for attempt in 0..8u32 {
+            let policy = RetryPolicy::io();
+            for wait in std::iter::once(None).chain(policy.delays().map(Some)) {
                 let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
                     break;
                 };
-                if attempt > 0 {
+                if let Some(wait) = wait {
                     self.metrics.retry();
-                    tokio::time::sleep(Duration::from_millis(20 << attempt.min(5))).await;
+                    tokio::time::sleep(wait).await;
                 }
                 self.metrics.request("BatchGetItem");
                 let out = self
@@ -259,9 +263,10 @@ impl DynamoStore {
                 pending = out.unprocessed_keys().cloned();
             }
             if pending.is_some_and(|p| !p.is_empty()) {
-                return Err(StoreError(
-                    "BatchGetItem: keys still unprocessed after 8 tries".into(),
-                ));
+                return Err(StoreError(format!(
+                    "BatchGetItem: keys still unprocessed after {} tries",
+                    RetryPolicy::io().max_attempts
+                )));
             }
         }
         // Strongly consistent: 1 unit per 4 KB of each item, 1 for a missing one.
@@ -358,12 +363,15 @@ impl DynamoStore {
         results: &mut [Option<Result<(), CommitError>>],
     ) {
         let mut remaining = indices;
-        for attempt in 0..3 {
+        let policy = RetryPolicy::io();
+        let waits = std::iter::once(None).chain(policy.delays().map(Some));
+        for wait in waits {
             if remaining.is_empty() {
                 return;
             }
-            if attempt > 0 {
+            if let Some(wait) = wait {
                 self.metrics.retry();
+                tokio::time::sleep(wait).await;
             }
             // Which commit each transaction item belongs to, for the cancellation reasons.
             let mut writes = Vec::new();
@@ -427,9 +435,10 @@ impl DynamoStore {
             }
         }
         for &i in &remaining {
-            results[i] = Some(Err(StoreError(
-                "TransactWriteItems: cancelled three times".into(),
-            )
+            results[i] = Some(Err(StoreError(format!(
+                "TransactWriteItems: cancelled {} times",
+                policy.max_attempts
+            ))
             .into()));
         }
     }

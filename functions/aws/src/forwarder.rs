@@ -6,24 +6,24 @@
 //! twice, and the receiver drops the second copy by its exact id (delayed messages are
 //! deduplicated by id, not by the sender's mark). Deleting first would lose it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::AttributeValue;
 use statefun_core::envelope::{self, TimerMessage};
 use statefun_core::ports::Clock;
 use statefun_core::{Envelope, Issued};
 use tracing::debug;
 
 use crate::dead_letter::DeadLetters;
+use crate::dynamo::{DynamoStore, Item};
 use crate::keys::cancel_key;
 use crate::metrics::Metrics;
 use crate::transport::SqsTransport;
 
 pub struct TimerForwarder {
-    dynamodb: aws_sdk_dynamodb::Client,
-    table: String,
+    store: DynamoStore,
     transport: SqsTransport,
     dead_letters: DeadLetters,
     clock: Arc<dyn Clock>,
@@ -33,30 +33,36 @@ pub struct TimerForwarder {
 impl std::fmt::Debug for TimerForwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TimerForwarder")
-            .field("table", &self.table)
+            .field("table", &self.store.table())
             .finish_non_exhaustive()
     }
 }
 
-fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
+fn number(item: &Item, name: &str) -> Option<u64> {
     match item.get(name) {
         Some(AttributeValue::N(n)) => n.parse().ok(),
         _ => None,
     }
 }
 
+/// The cancellation key of a timer, if it has a token.
+fn key(t: &TimerMessage) -> Option<String> {
+    match (&t.token, &t.envelope.caller) {
+        (Some(token), Some(sender)) => Some(cancel_key(sender, token)),
+        _ => None,
+    }
+}
+
 impl TimerForwarder {
     pub fn new(
-        dynamodb: aws_sdk_dynamodb::Client,
-        table: String,
+        store: DynamoStore,
         transport: SqsTransport,
         dead_letters: DeadLetters,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
         TimerForwarder {
-            dynamodb,
-            table,
+            store,
             transport,
             dead_letters,
             clock,
@@ -69,58 +75,29 @@ impl TimerForwarder {
         self.metrics.totals()
     }
 
-    /// The latest cancellation of each `cancel key`, in one read.
-    async fn cancellations(&self, keys: Vec<String>) -> Result<HashMap<String, Issued>, String> {
-        let mut found = HashMap::new();
-        if keys.is_empty() {
-            return Ok(found);
-        }
-        let mut request = KeysAndAttributes::builder().consistent_read(true);
-        for k in keys {
-            request = request.keys(HashMap::from([("pk".to_string(), AttributeValue::S(k))]));
-        }
-        let mut pending = Some(HashMap::from([(
-            self.table.clone(),
-            request.build().map_err(|e| e.to_string())?,
-        )]));
-        for _ in 0..8 {
-            let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
-                break;
-            };
-            self.metrics.request("BatchGetItem");
-            let out = self
-                .dynamodb
-                .batch_get_item()
-                .set_request_items(Some(items))
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "BatchGetItem: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
-                    )
-                })?;
-            for item in out
-                .responses()
-                .and_then(|r| r.get(&self.table))
-                .into_iter()
-                .flatten()
-            {
-                if let (Some(AttributeValue::S(pk)), Some(version), Some(index)) =
-                    (item.get("pk"), number(item, "cv"), number(item, "ci"))
-                {
-                    found.insert(
-                        pk.clone(),
-                        Issued {
-                            version,
-                            index: index as u32,
-                        },
-                    );
-                }
-            }
-            pending = out.unprocessed_keys().cloned();
-        }
-        Ok(found)
+    /// The latest cancellation of each key, in one strongly consistent read of the
+    /// distinct keys (DynamoDB refuses a key twice in one request: timers sharing a
+    /// token, or the same timer delivered twice). Keys still unprocessed after the
+    /// store's retries with backoff are an error: the timers come again later, and
+    /// are never taken as "not cancelled".
+    async fn cancellations(
+        &self,
+        keys: BTreeSet<String>,
+    ) -> Result<HashMap<String, Issued>, String> {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let items = self
+            .store
+            .batch_get(&keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(pk, item)| {
+                let version = number(&item, "cv")?;
+                let index = number(&item, "ci")? as u32;
+                Some((pk, Issued { version, index }))
+            })
+            .collect())
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -155,33 +132,46 @@ impl TimerForwarder {
             }
         }
 
-        let key = |t: &TimerMessage| match (&t.token, &t.envelope.caller) {
-            (Some(token), Some(sender)) => Some(cancel_key(sender, token)),
-            _ => None,
+        // One delivery per timer: a timer delivered twice in one batch (a re-send, a
+        // standard-queue duplicate) is sent once and both records are acknowledged.
+        let mut copies: HashMap<String, Vec<String>> = HashMap::new();
+        let mut unique: Vec<TimerMessage> = Vec::new();
+        for (record, t) in due {
+            let id = format!("{}|{}", t.envelope.target, t.envelope.id);
+            let seen = copies.entry(id).or_default();
+            if seen.is_empty() {
+                unique.push(t);
+            }
+            seen.push(record);
+        }
+        let records_of = |t: &TimerMessage| {
+            copies
+                .get(&format!("{}|{}", t.envelope.target, t.envelope.id))
+                .cloned()
+                .unwrap_or_default()
         };
-        let keys: Vec<String> = due.iter().filter_map(|(_, t)| key(t)).collect();
+        let keys: BTreeSet<String> = unique.iter().filter_map(key).collect();
         match self.cancellations(keys).await {
             Err(e) => {
                 tracing::warn!(reason = %e, "reading cancellations failed; timers retried");
-                failed.extend(due.iter().map(|(id, _)| id.clone()));
+                failed.extend(unique.iter().flat_map(records_of));
             }
             Ok(cancelled) => {
-                let (deliver, dropped): (Vec<_>, Vec<_>) = due.into_iter().partition(|(_, t)| {
+                let (deliver, dropped): (Vec<_>, Vec<_>) = unique.into_iter().partition(|t| {
                     key(t)
                         .and_then(|k| cancelled.get(&k))
                         .is_none_or(|cancel| *cancel < t.issued)
                 });
-                for (_, t) in &dropped {
+                for t in &dropped {
                     debug!(address = %t.envelope.target, message_id = %t.envelope.id, "cancelled delayed message dropped");
                 }
-                let envelopes: Vec<Envelope> =
-                    deliver.iter().map(|(_, t)| t.envelope.clone()).collect();
-                for ((id, _), error) in deliver
+                let envelopes: Vec<Envelope> = deliver.iter().map(|t| t.envelope.clone()).collect();
+                for (t, error) in deliver
                     .iter()
                     .zip(self.transport.send_to_inbox(&envelopes).await)
                 {
                     if error.is_some() {
-                        failed.push(id.clone());
+                        failed.extend(records_of(t));
                     }
                 }
             }

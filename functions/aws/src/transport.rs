@@ -21,7 +21,7 @@ use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use statefun_core::envelope::{self, TimerMessage};
 use statefun_core::ports::{Clock, Transport, TransportError};
-use statefun_core::{EgressRecord, Envelope, OutboxEntry, TypeName, view};
+use statefun_core::{EgressRecord, Envelope, OutboxEntry, RetryPolicy, TypeName, view};
 
 use crate::config::EgressTarget;
 use crate::keys::{dedup_id, group_id, message_dedup_id};
@@ -30,7 +30,6 @@ use crate::metrics::Metrics;
 /// SQS's limit for one message and for one batch request.
 pub const MAX_SQS_BYTES: usize = 256 * 1024;
 const MAX_ENTRIES: usize = 10;
-const ATTEMPTS: u32 = 3;
 
 /// AWS clients and where things go.
 #[derive(Debug, Clone)]
@@ -230,13 +229,14 @@ impl SqsTransport {
     ) {
         let mut remaining: Vec<(usize, Outgoing)> = batch.into_iter().enumerate().collect();
         let mut last_errors: HashMap<usize, String> = HashMap::new();
-        for attempt in 0..ATTEMPTS {
+        let policy = RetryPolicy::io();
+        for wait in std::iter::once(None).chain(policy.delays().map(Some)) {
             if remaining.is_empty() {
                 break;
             }
-            if attempt > 0 {
+            if let Some(wait) = wait {
                 self.metrics.retry();
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                tokio::time::sleep(wait).await;
             }
             let bytes: usize = remaining.iter().map(|(_, m)| m.body.len()).sum();
             self.metrics.bytes(bytes);

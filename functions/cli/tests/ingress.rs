@@ -237,3 +237,36 @@ fn an_idempotency_key_enqueues_once() {
         8
     );
 }
+
+#[test]
+fn an_idempotency_key_is_scoped_to_its_target_and_refuses_another_message() {
+    let (_dir, s) = server();
+    let (status, k1) = s
+        .post("/example/counter/k1", LONG, Some("order-9"), b"5")
+        .expect("post");
+    assert_eq!(status, 202, "{k1}");
+    // The same key to another target is another message, and is applied.
+    let (status, k2) = s
+        .post("/example/counter/k2", LONG, Some("order-9"), b"5")
+        .expect("post");
+    assert_eq!(status, 202, "{k2}");
+    assert_ne!(k1, k2, "another target, another message id");
+    // The same key for the same target with another body is refused, saying so.
+    let (status, body) = s
+        .post("/example/counter/k1", LONG, Some("order-9"), b"6")
+        .expect("post");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("order-9") && body.contains("another message"),
+        "{body}"
+    );
+    for counter in ["/example/counter/k1", "/example/counter/k2"] {
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                s.get_json(counter)["state"]["count"]["value"] == 5
+            }),
+            "{counter}: {}",
+            s.get_json(counter)
+        );
+    }
+}

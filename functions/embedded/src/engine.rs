@@ -28,7 +28,7 @@ use statefun_core::ports::Clock;
 use statefun_core::remote::{RemoteFunctions, SpecCache};
 use statefun_core::{
     Address, AddressOutcome, EgressRecord, Envelope, InstanceState, MessageId, OutboxEntry,
-    Registry, TypedValue,
+    Registry, TypedValue, Verdict,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -37,7 +37,7 @@ use crate::store::{
     self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
     TIMER_TOKENS, TIMERS, TimerEntry,
 };
-use crate::{EgressSink, EmbeddedConfig, EmbeddedError};
+use crate::{EgressSink, EmbeddedConfig, EmbeddedError, KeyReused};
 
 /// The source name of messages accepted by the HTTP ingress.
 pub const HTTP_INGRESS: &str = "ingress/http";
@@ -46,7 +46,7 @@ pub(crate) struct IngressRequest {
     pub(crate) target: Address,
     pub(crate) value: TypedValue,
     pub(crate) key: Option<String>,
-    pub(crate) reply: oneshot::Sender<MessageId>,
+    pub(crate) reply: oneshot::Sender<Result<MessageId, KeyReused>>,
 }
 
 pub(crate) enum Command {
@@ -187,8 +187,14 @@ pub(crate) struct Engine {
     tokio: Option<tokio::runtime::Handle>,
 }
 
-fn backoff_ms(attempts: u32) -> u64 {
-    (100u64 << attempts.min(7).saturating_sub(1)).min(10_000)
+/// What identifies a message's content for an idempotency key: its type and bytes.
+fn message_digest(value: &TypedValue) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(value.typename.as_str().as_bytes());
+    h.update([0]);
+    h.update(value.value.as_deref().unwrap_or_default());
+    h.finalize().into()
 }
 
 impl Engine {
@@ -426,18 +432,20 @@ impl Engine {
                     tables.inbox.remove(s)?;
                 }
                 if let (Some(failure), Some(culprit)) = (&outcome.failure, *culprit) {
+                    // The failure policy decides, on the tries the record counted; the
+                    // entry's own count (every try) only lengthens the wait.
                     let mut entry = self.pending[&culprit].clone();
-                    // An unavailable remote function is waited for, not given up on.
-                    if !failure.error.is_unavailable() {
-                        entry.attempts += 1;
-                    }
+                    entry.attempts += 1;
                     let reason = failure.error.to_string();
-                    if failure.error.is_retryable() && entry.attempts < self.config.max_attempts {
-                        warn!(%address, message_id = %entry.envelope.id, attempts = entry.attempts, %reason, "invocation failed; will retry");
+                    let policy = &self.config.batch.retry;
+                    if let Verdict::Retry { after } =
+                        policy.verdict(failure.error.kind(), failure.attempts)
+                    {
+                        warn!(%address, message_id = %entry.envelope.id, attempts = failure.attempts, %reason, "invocation failed; will retry");
                         tables
                             .inbox
                             .insert(culprit, store::encode(&entry).as_slice())?;
-                        let backoff = Duration::from_millis(backoff_ms(entry.attempts));
+                        let backoff = after.max(policy.backoff(entry.attempts));
                         self.retry_at
                             .insert(address.clone(), Instant::now() + backoff);
                         self.pending.insert(culprit, entry);
@@ -450,37 +458,44 @@ impl Engine {
             }
             let mut keys = txn.open_table(INGRESS_KEYS)?;
             for req in ingress {
+                let target = store::address_key(&req.target);
+                let digest = message_digest(&req.value);
                 let existing = match &req.key {
-                    Some(key) => keys.get(key.as_str())?.map(|v| v.value().0),
+                    Some(key) => keys
+                        .get((target.as_slice(), key.as_str()))?
+                        .map(|v| (v.value().0, v.value().2 == digest.as_slice())),
                     None => None,
                 };
-                let s = match existing {
-                    Some(s) => s,
-                    None => {
+                let id = |seq| MessageId::Ordered {
+                    source: HTTP_INGRESS.into(),
+                    seq,
+                    index: 0,
+                };
+                let result = match (existing, &req.key) {
+                    (Some((s, true)), _) => Ok(id(s)),
+                    (Some((_, false)), Some(key)) => Err(KeyReused {
+                        key: key.clone(),
+                        target: req.target.clone(),
+                    }),
+                    _ => {
                         let s = seq;
                         let envelope = Envelope {
-                            id: MessageId::Ordered {
-                                source: HTTP_INGRESS.into(),
-                                seq: s,
-                                index: 0,
-                            },
+                            id: id(s),
                             target: req.target,
                             caller: None,
                             value: req.value,
                         };
                         tables.enqueue(&mut seq, envelope, &mut delta)?;
                         if let Some(key) = &req.key {
-                            keys.insert(key.as_str(), (s, now))?;
+                            keys.insert(
+                                (target.as_slice(), key.as_str()),
+                                (s, now, digest.as_slice()),
+                            )?;
                         }
-                        s
+                        Ok(id(s))
                     }
                 };
-                let id = MessageId::Ordered {
-                    source: HTTP_INGRESS.into(),
-                    seq: s,
-                    index: 0,
-                };
-                replies.push((req.reply, id));
+                replies.push((req.reply, result));
             }
             let due: Vec<(u64, String)> = self
                 .timers
@@ -524,9 +539,9 @@ impl Engine {
             self.timers.remove(&key);
         }
         self.timers.extend(delta.timers_added);
-        for (reply, id) in replies {
+        for (reply, result) in replies {
             // The client may have gone away; the message is accepted all the same.
-            let _ = reply.send(id);
+            let _ = reply.send(result);
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ use statefun_core::ingress as contract;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::RuntimeHandle;
+use crate::{EmbeddedError, RuntimeHandle};
 
 /// A rejected request: a status and a message saying what is wrong.
 #[derive(Debug)]
@@ -131,7 +131,10 @@ async fn post_message(
     let id = handle
         .submit(accepted.target, accepted.value, accepted.idempotency_key)
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        .map_err(|e| match e {
+            EmbeddedError::KeyReused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            e => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        })?;
     debug!(address = %target, message_id = %id, "accepted");
     let body = axum::Json(json!({ "message_id": id.to_string() }));
     Ok((StatusCode::ACCEPTED, body).into_response())

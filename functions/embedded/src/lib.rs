@@ -51,6 +51,19 @@ pub enum EmbeddedError {
     Egress(#[from] std::io::Error),
     #[error("the engine thread stopped")]
     EngineGone,
+    #[error(transparent)]
+    KeyReused(#[from] KeyReused),
+}
+
+/// An idempotency key sent again for the same target with another message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Idempotency-Key {key:?} was already used for {target} with another message; \
+     a new message needs a new key"
+)]
+pub struct KeyReused {
+    pub key: String,
+    pub target: Address,
 }
 
 macro_rules! redb_errors {
@@ -77,8 +90,6 @@ pub struct EmbeddedConfig {
     pub batch: BatchConfig,
     /// Messages taken per round (all addresses together).
     pub max_batch_messages: usize,
-    /// Tries of a retryable failure before the message is dead-lettered.
-    pub max_attempts: u32,
     /// Largest HTTP ingress body.
     pub max_body_bytes: usize,
     /// How long an `Idempotency-Key` is remembered.
@@ -99,7 +110,6 @@ impl EmbeddedConfig {
             data_dir: data_dir.into(),
             batch,
             max_batch_messages: 4096,
-            max_attempts: 5,
             max_body_bytes: batch.limits.max_message_bytes,
             ingress_key_retention: Duration::from_secs(24 * 3600),
             cache_capacity: 1_000_000,
@@ -244,8 +254,9 @@ impl Runtime {
 
 impl RuntimeHandle {
     /// Durably accepts a message for `target`; returns its id once it is on disk. The
-    /// same `idempotency_key` within the retention window returns the first id and
-    /// enqueues nothing.
+    /// same `idempotency_key` for the same target within the retention window returns
+    /// the first id and enqueues nothing; with another message it is refused
+    /// ([`KeyReused`]). Keys are scoped to their target, as on AWS.
     pub async fn submit(
         &self,
         target: Address,
@@ -262,7 +273,7 @@ impl RuntimeHandle {
         self.tx
             .send(Command::Ingress(request))
             .map_err(|_| EmbeddedError::EngineGone)?;
-        rx.await.map_err(|_| EmbeddedError::EngineGone)
+        Ok(rx.await.map_err(|_| EmbeddedError::EngineGone)??)
     }
 
     /// The instance's committed state as JSON (see [`statefun_core::view::state_json`]).

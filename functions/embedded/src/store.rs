@@ -30,9 +30,12 @@ pub(crate) const TIMER_TOKENS: MultimapTableDefinition<&[u8], (u64, &str)> =
     MultimapTableDefinition::new("timer_tokens");
 /// Messages given up on, with the reason.
 pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
-/// Idempotency key → (sequence number, accepted at ms).
-pub(crate) const INGRESS_KEYS: TableDefinition<&str, (u64, u64)> =
-    TableDefinition::new("ingress_keys");
+/// (target address key, idempotency key) → (sequence number, accepted at ms, digest of
+/// the message): a key is scoped to its target, and a reuse with another message is
+/// refused.
+pub(crate) const INGRESS_KEYS: TableDefinition<KeyRow, (u64, u64, &[u8])> =
+    TableDefinition::new("idempotency_keys");
+type KeyRow = (&'static [u8], &'static str);
 /// Counters: the next sequence number.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const NEXT_SEQ: &str = "next_seq";
@@ -196,6 +199,6 @@ pub(crate) fn prune_ingress_keys(
     horizon_ms: u64,
 ) -> Result<(), EmbeddedError> {
     txn.open_table(INGRESS_KEYS)?
-        .retain(|_, (_, at)| at >= horizon_ms)?;
+        .retain(|_, (_, at, _)| at >= horizon_ms)?;
     Ok(())
 }

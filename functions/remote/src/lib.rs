@@ -24,10 +24,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
-use statefun_core::TypeName;
 use statefun_core::module::{HttpEndpoint, Module};
 use statefun_core::protocol::{FromFunction, ToFunction};
 use statefun_core::remote::{RemoteError, RemoteFunctions};
+use statefun_core::{RetryPolicy, TypeName};
 use tracing::{debug, warn};
 
 const CONTENT_TYPE: &str = "application/octet-stream";
@@ -225,7 +225,12 @@ impl RemoteFunctions for HttpFunctions {
             )));
         }
         let deadline = Instant::now() + endpoint.spec.call_timeout;
-        let mut backoff = Duration::from_millis(10);
+        // Tried until the call timeout, however many tries that takes.
+        let policy = RetryPolicy {
+            max_attempts: u32::MAX,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(2),
+        };
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -244,8 +249,7 @@ impl RemoteFunctions for HttpFunctions {
                         )));
                     }
                     warn!(function_type = %function_type, attempts, %reason, "remote call failed; retrying");
-                    tokio::time::sleep(backoff.min(remaining)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(policy.backoff(attempts).min(remaining)).await;
                 }
             }
         }

@@ -1,0 +1,141 @@
+//! The failure policy: one place that decides, for every host (the harness, the
+//! embedded engine, the AWS dispatcher), whether a failed message is tried again or
+//! dead-lettered, and after how long. Hosts ask it; they never re-decide.
+//!
+//! Attempts are counted in the instance record ([`crate::state::Failing`]), by the same
+//! commit machinery as everything else: only the message that failed counts a try.
+//! Messages blocked behind it, a conflict, an unavailable remote function or store do
+//! not — so a message is never dead-lettered for tries that were not its own, and the
+//! count survives restarts and does not depend on how a queue counts receives.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a message was not settled, which says what a host does with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// Another host committed to the address first: run it again now.
+    Conflict,
+    /// The function failed and asked to be retried: tried again with backoff, up to
+    /// the policy's attempts, then dead-lettered.
+    Retryable,
+    /// The store, the transport or a remote function was unavailable (the commit may
+    /// have landed): tried again with backoff, never dead-lettered (the redelivery's
+    /// re-send is what completes a commit).
+    Unavailable,
+    /// Behind a failed message of the same address: runs once that one is resolved.
+    Blocked,
+    /// Retrying cannot help (terminal function error, panic, unknown type, too large):
+    /// dead-lettered at once.
+    Poison,
+}
+
+/// What a host does with a failed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver it again, no earlier than after this long.
+    Retry { after: Duration },
+    /// Move it to the dead letters with its reason; the messages behind it run.
+    DeadLetter,
+}
+
+/// How often and how fast failed messages are tried again, and how the hosts' own
+/// I/O retries back off. Exponential: `initial_backoff × 2^(attempt-1)`, capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Tries of a message whose function keeps asking to be retried (the first
+    /// included) before it is dead-lettered.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The policy of a host's own I/O retries (a throttled read, a batch entry that
+    /// failed): a few quick tries.
+    pub fn io() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// The wait before try `attempt + 1`, after `attempt` tries failed.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(20);
+        self.initial_backoff
+            .saturating_mul(1 << exp)
+            .min(self.max_backoff)
+    }
+
+    /// The waits between the tries of an I/O retry loop: `max_attempts - 1` of them.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + '_ {
+        (1..self.max_attempts).map(|a| self.backoff(a))
+    }
+
+    /// The verdict on a message that failed with `kind`, `attempts` being the tries
+    /// of it that count (see the module docs).
+    pub fn verdict(&self, kind: FailureKind, attempts: u32) -> Verdict {
+        match kind {
+            FailureKind::Poison => Verdict::DeadLetter,
+            FailureKind::Retryable if attempts >= self.max_attempts => Verdict::DeadLetter,
+            FailureKind::Retryable | FailureKind::Unavailable => Verdict::Retry {
+                after: self.backoff(attempts.max(1)),
+            },
+            FailureKind::Conflict | FailureKind::Blocked => Verdict::Retry {
+                after: Duration::ZERO,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_poison_and_exhausted_retries_are_dead_lettered() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.verdict(FailureKind::Poison, 1), Verdict::DeadLetter);
+        assert_eq!(
+            p.verdict(FailureKind::Retryable, 4),
+            Verdict::Retry {
+                after: Duration::from_millis(800)
+            }
+        );
+        assert_eq!(p.verdict(FailureKind::Retryable, 5), Verdict::DeadLetter);
+        for kind in [
+            FailureKind::Unavailable,
+            FailureKind::Blocked,
+            FailureKind::Conflict,
+        ] {
+            assert!(
+                matches!(p.verdict(kind, 1_000), Verdict::Retry { .. }),
+                "{kind:?} is never dead-lettered"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let p = RetryPolicy::default();
+        let waits: Vec<u64> = (1..=9).map(|a| p.backoff(a).as_millis() as u64).collect();
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+        assert_eq!(RetryPolicy::io().delays().count(), 3);
+    }
+}
