@@ -12,7 +12,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
 };
 use serde_json::{Map, Value as Json, json};
 use statefun_core::{Address, Envelope, InstanceState, view};
@@ -377,6 +378,37 @@ impl Poller {
                 .send()
                 .await
                 .map_err(|e| aws("DeleteMessageBatch")(sdk(e)))?;
+        }
+        // Failed records are made visible again at once, in their order. Lambda's
+        // event source leaves them to the visibility timeout; moto 5.2.5 then reorders
+        // a FIFO group whose messages time out together (its ReceiveMessage skips the
+        // head while later messages of the group are still pending), while a
+        // visibility change to 0 releases them in order.
+        let mut visible = self
+            .clients
+            .sqs
+            .change_message_visibility_batch()
+            .queue_url(queue_url);
+        let mut failures = false;
+        for (i, m) in messages.iter().enumerate() {
+            if !failed.contains(&m.message_id().unwrap_or_default()) {
+                continue;
+            }
+            failures = true;
+            visible = visible.entries(
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .visibility_timeout(0)
+                    .build()
+                    .map_err(|e| aws("ChangeMessageVisibilityBatch")(e.to_string()))?,
+            );
+        }
+        if failures {
+            visible
+                .send()
+                .await
+                .map_err(|e| aws("ChangeMessageVisibilityBatch")(sdk(e)))?;
         }
         Ok(messages.len())
     }
