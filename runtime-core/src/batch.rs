@@ -34,6 +34,8 @@ pub struct Limits {
     /// An instance's values plus its outbox, stored in one write. With the dedup
     /// budget and the last inputs it stays under DynamoDB's 400 KB item.
     pub max_record_bytes: usize,
+    /// The longest delay of a delayed message: cancellations are kept this long.
+    pub max_delay: Duration,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_value_bytes: 350 * 1024,
             max_message_bytes: 256 * 1024,
             max_record_bytes: 360 * 1024,
+            max_delay: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }
@@ -78,12 +81,14 @@ impl BatchConfig {
 
 /// A value or message too large to store or send; never truncated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{address}: {what} is {size} bytes, over the limit of {limit} bytes")]
+#[error("{address}: {what} is {size} {unit}, over the limit of {limit} {unit}")]
 pub struct LimitError {
     pub address: Address,
     pub what: String,
     pub size: usize,
     pub limit: usize,
+    /// What `size` and `limit` count: bytes, or seconds for a delay.
+    pub unit: &'static str,
 }
 
 /// Why a message could not be applied.
@@ -485,6 +490,7 @@ fn record_too_large(address: &Address, bytes: usize, limits: &Limits) -> LimitEr
         what: "instance record (state + outbox)".to_string(),
         size: bytes,
         limit: limits.max_record_bytes,
+        unit: "bytes",
     }
 }
 
@@ -780,6 +786,7 @@ fn check_limits(
         what,
         size,
         limit,
+        unit: "bytes",
     };
     let mut bytes = record_bytes;
     for (index, value) in staged {
@@ -796,6 +803,17 @@ fn check_limits(
         bytes = (bytes + new).saturating_sub(old);
     }
     for effect in effects {
+        if let Effect::SendAfter { delay, target, .. } = effect
+            && *delay > limits.max_delay
+        {
+            return Err(LimitError {
+                address: address.clone(),
+                what: format!("the delay of a message to {target}"),
+                size: delay.as_secs() as usize,
+                limit: limits.max_delay.as_secs() as usize,
+                unit: "seconds",
+            });
+        }
         let size = effect_size(effect);
         if size > limits.max_message_bytes {
             let what = match effect {

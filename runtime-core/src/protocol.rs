@@ -306,8 +306,14 @@ pub fn effects_from_wire(
             });
             continue;
         }
+        let delay = u64::try_from(d.delay_in_ms).map_err(|_| {
+            ProtocolError(format!(
+                "{field}.delay_in_ms is negative ({} ms): a delay must be zero or more",
+                d.delay_in_ms
+            ))
+        })?;
         effects.push(Effect::SendAfter {
-            delay: Duration::from_millis(d.delay_in_ms.max(0) as u64),
+            delay: Duration::from_millis(delay),
             target: address_from_wire(d.target.clone(), &format!("{field}.target"))?,
             value: value_from_wire(d.argument.clone(), &format!("{field}.argument"))?,
             cancellation_token: (!d.cancellation_token.is_empty())
@@ -393,6 +399,30 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(absent.value, None);
+    }
+
+    #[test]
+    fn a_negative_delay_is_refused_naming_the_field() {
+        let response = from_function::InvocationResponse {
+            delayed_invocations: vec![from_function::DelayedInvocation {
+                delay_in_ms: -5,
+                target: Some(Address {
+                    namespace: "a".into(),
+                    r#type: "b".into(),
+                    id: "c".into(),
+                }),
+                argument: None,
+                is_cancellation_request: false,
+                cancellation_token: String::new(),
+            }],
+            ..Default::default()
+        };
+        let e = effects_from_wire(&response).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "protocol violation: delayed_invocations[0].delay_in_ms is negative (-5 ms): \
+             a delay must be zero or more"
+        );
     }
 
     #[test]

@@ -759,3 +759,24 @@ fn a_panicking_function_costs_only_its_message() {
     );
     assert_eq!(h.dead_letters().len(), 1);
 }
+
+#[test]
+fn a_delay_longer_than_a_year_is_refused_with_a_typed_error() {
+    let t = Address::new(TIMER, "t");
+    let mut h = Harness::new(timers());
+    let year_and_a_day_ms = (366 * 24 * 3600 * 1000u64).to_string();
+    h.send(t.clone(), &format!("later:{year_and_a_day_ms}:x"))
+        .send(t.clone(), &"later:1000:y".to_string());
+    let letters = h.dead_letters();
+    assert_eq!(
+        letters.len(),
+        1,
+        "only the message asking for too long a delay"
+    );
+    assert_eq!(
+        letters[0].reason,
+        "test/timer/t: the delay of a message to test/log/t is 31622400 seconds, \
+         over the limit of 31536000 seconds"
+    );
+    assert_eq!(h.pending_delayed().len(), 1, "the next message ran");
+}

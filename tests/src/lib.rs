@@ -392,6 +392,24 @@ fn python() -> PathBuf {
     venv
 }
 
+/// An SQS event as Lambda would deliver it, for handlers called without a queue.
+pub fn sqs_event(envelopes: &[Envelope]) -> aws_lambda_events::event::sqs::SqsEvent {
+    let records: Vec<serde_json::Value> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            serde_json::json!({
+                "messageId": format!("{}-{i}", e.id),
+                "receiptHandle": "-",
+                "body": statefun_core::envelope::encode(e),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "eventSource": "aws:sqs",
+            })
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({ "Records": records })).expect("event")
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -423,6 +441,9 @@ impl PythonFunctions {
                 ),
             }
         }
+        // Keep reading: aiohttp prints its banner more than once, and a closed pipe
+        // kills the server with BrokenPipeError on the next print.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         PythonFunctions { child, port }
     }
 

@@ -48,7 +48,6 @@ async fn greeter_end_to_end_with_sqs_egress(dynamo: Dynamo) {
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use aws_lambda_events::event::sqs::SqsEvent;
 use statefun_aws::dynamo::DynamoStore;
 use statefun_aws::metrics::Metrics;
 use statefun_core::pipeline::{FailureKind, dispatch};
@@ -126,24 +125,6 @@ fn ingress(key: &str, target: Address, value: TypedValue) -> Envelope {
         caller: None,
         value,
     }
-}
-
-/// An SQS event as Lambda would deliver it, for handlers called without a queue.
-fn event(envelopes: &[Envelope]) -> SqsEvent {
-    let records: Vec<serde_json::Value> = envelopes
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            serde_json::json!({
-                "messageId": format!("{}-{i}", e.id),
-                "receiptHandle": "-",
-                "body": envelope::encode(e),
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "eventSource": "aws:sqs",
-            })
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({ "Records": records })).expect("event")
 }
 
 async fn count(aws: &Aws, address: &Address, cell: &str) -> i64 {
@@ -318,7 +299,7 @@ async fn racing_dispatchers_on_one_address_count_exactly(dynamo: Dynamo) {
             while !pending.is_empty() {
                 rounds += 1;
                 assert!(rounds < 20, "a racer never got through");
-                let sqs_event = event(&pending);
+                let sqs_event = statefun_e2e::sqs_event(&pending);
                 let response = handlers.dispatcher.handle(sqs_event.clone()).await;
                 let failed: Vec<String> = response
                     .batch_item_failures
@@ -513,7 +494,7 @@ async fn poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else(dynamo: 
     );
     assert!(has("terminal on purpose"), "{reasons:?}");
     assert!(
-        has("gave up after 2 receives: function failed: flaky on purpose"),
+        has("gave up after 2 tries: function failed: flaky on purpose"),
         "{reasons:?}"
     );
     assert!(letters.iter().all(|(_, a)| a["Handler"] == "dispatcher"));

@@ -353,3 +353,68 @@ async fn the_python_playground_greeter_runs_through_the_aws_path() {
     assert_eq!(values, ["Hi Ann, first visit", "Hi Ann, visit number 2"]);
     assert_eq!(greets[0]["value"]["topic"], "greetings");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_function_fails_back_at_the_invocations_deadline_and_the_rest_commits() {
+    let py = PythonFunctions::start(free_port());
+    let aws = Aws::start(Dynamo::Moto, registry(), &[], &[]).await;
+    // A generous call timeout: without a deadline the slow call would answer (after 3 s).
+    let module = format!(
+        "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: faulty/*\n  \
+         urlPathTemplate: http://127.0.0.1:{}/fault\n  transport: {{ call: 30s }}\n",
+        py.port
+    );
+    let mut config = aws.config.clone();
+    config.module = Module::parse("module.yaml", &module).expect("module");
+    let handlers = statefun_aws::app::Handlers::with_remote(
+        &config,
+        &aws.clients,
+        Arc::new(registry()),
+        Arc::new(SystemClock),
+        statefun_aws::app::remote_functions(&config).expect("clients"),
+    );
+    let slow = at("faulty/counter", "slow");
+    let local = Address::new(statefun_examples::counter::COUNTER, "local");
+    let message = |to: &Address, key: &str, n: i64| statefun_core::Envelope {
+        id: statefun_core::MessageId::Keyed(format!("test:{key}")),
+        target: to.clone(),
+        caller: None,
+        value: TypedValue::of(&n),
+    };
+    let batch = [message(&slow, "s", 5), message(&local, "l", 1)];
+    let event = statefun_e2e::sqs_event(&batch);
+    py.inject("slow", 1);
+    let response = handlers
+        .dispatcher
+        .handle_until(
+            event.clone(),
+            Some(Instant::now() + Duration::from_millis(500)),
+        )
+        .await;
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        ["test:s-0"],
+        "only the slow function's message fails back"
+    );
+    let count = |state: Json| state["state"]["count"]["value"].as_i64().unwrap_or(0);
+    assert_eq!(
+        count(aws.state(&local).await),
+        1,
+        "the rest of the batch committed"
+    );
+    assert_eq!(
+        count(aws.state(&slow).await),
+        0,
+        "nothing of the cut call applied"
+    );
+    // Redelivered with time to spare: applied, once; the other message is a duplicate.
+    let response = handlers.dispatcher.handle(event).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(count(aws.state(&slow).await), 5);
+    assert_eq!(count(aws.state(&local).await), 1);
+}

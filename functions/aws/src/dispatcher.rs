@@ -15,15 +15,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use statefun_core::pipeline::{
     BatchReport, FailedMessage, FailureKind, Invoker, Pipeline, group_by_address,
 };
 use statefun_core::ports::Clock;
-use statefun_core::remote::SpecCache;
+use statefun_core::protocol::{FromFunction, ToFunction};
+use statefun_core::remote::{RemoteError, RemoteFunctions, SpecCache};
 use statefun_core::{
-    Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, Verdict, envelope,
+    Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, TypeName, Verdict, envelope,
 };
 use statefun_remote::HttpFunctions;
 use tracing::{info, warn};
@@ -32,6 +34,42 @@ use crate::dead_letter::DeadLetters;
 use crate::dynamo::DynamoStore;
 use crate::metrics::{Metrics, Snapshot};
 use crate::transport::SqsTransport;
+
+/// Remote functions whose calls end at a deadline: a call still running then fails as
+/// unavailable (its messages come again), instead of holding the whole batch past the
+/// Lambda's timeout.
+struct Until<'a, R> {
+    inner: &'a R,
+    deadline: Option<Instant>,
+}
+
+impl<R: RemoteFunctions> RemoteFunctions for Until<'_, R> {
+    fn serves(&self, function_type: &TypeName) -> bool {
+        self.inner.serves(function_type)
+    }
+
+    fn max_batch(&self, function_type: &TypeName) -> usize {
+        self.inner.max_batch(function_type)
+    }
+
+    async fn call(
+        &self,
+        function_type: &TypeName,
+        request: ToFunction,
+    ) -> Result<FromFunction, RemoteError> {
+        let call = self.inner.call(function_type, request);
+        match self.deadline {
+            None => call.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RemoteError(format!(
+                        "{function_type} did not answer before the invocation's deadline"
+                    )))
+                }),
+        }
+    }
+}
 
 /// A record of the batch and its decoded envelope.
 struct Received {
@@ -100,8 +138,20 @@ impl Dispatcher {
         self.metrics.totals()
     }
 
-    /// Handles one SQS event.
+    /// Handles one SQS event, with no deadline (the local poller, tests).
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        self.handle_until(event, None).await
+    }
+
+    /// Handles one SQS event and answers by `deadline` (a Lambda invocation's, less a
+    /// margin): remote calls still running then fail back as unavailable and conflict
+    /// re-runs stop, so what cannot finish is reported in `batchItemFailures` — and
+    /// the rest of the batch commits — before Lambda's timeout would fail it all.
+    pub async fn handle_until(
+        &self,
+        event: SqsEvent,
+        deadline: Option<Instant>,
+    ) -> SqsBatchResponse {
         let records = event.records.len();
         let mut failed: Vec<String> = Vec::new();
         let mut received: Vec<Received> = Vec::new();
@@ -130,7 +180,7 @@ impl Dispatcher {
                 }
             }
         }
-        failed.extend(self.run(&received).await);
+        failed.extend(self.run(&received, deadline).await);
 
         let snapshot = self.metrics.take();
         println!(
@@ -141,10 +191,14 @@ impl Dispatcher {
     }
 
     /// One pass of the core pipeline, with the module's remote functions if any.
-    async fn dispatch(&self, batch: Vec<Envelope>) -> BatchReport {
+    async fn dispatch(&self, batch: Vec<Envelope>, deadline: Option<Instant>) -> BatchReport {
+        let remote = Until {
+            inner: &self.remote,
+            deadline,
+        };
         let invoker = Invoker {
             registry: &self.registry,
-            remote: &self.remote,
+            remote: &remote,
             specs: &self.specs,
             config: &self.settings.batch,
             clock: self.clock.as_ref(),
@@ -158,7 +212,7 @@ impl Dispatcher {
     }
 
     /// Runs the decoded records; returns the record ids to report as failed.
-    async fn run(&self, received: &[Received]) -> Vec<String> {
+    async fn run(&self, received: &[Received], deadline: Option<Instant>) -> Vec<String> {
         // Ids are unique per target only: a record is known by both.
         let records_of = |address: &Address, id: &MessageId| -> Vec<usize> {
             (0..received.len())
@@ -174,6 +228,9 @@ impl Dispatcher {
                 break;
             }
             if round > 0 {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 // Let the racer that won finish before reloading.
                 tokio::time::sleep(RetryPolicy::io().backoff(round)).await;
             }
@@ -181,7 +238,7 @@ impl Dispatcher {
                 .iter()
                 .map(|&i| received[i].envelope.clone())
                 .collect();
-            let report = self.dispatch(batch).await;
+            let report = self.dispatch(batch, deadline).await;
             let verdicts: HashMap<(Address, MessageId), FailedMessage> = report
                 .failed
                 .into_iter()

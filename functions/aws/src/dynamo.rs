@@ -153,6 +153,7 @@ impl DynamoStore {
                     .into(),
                 size,
                 limit: MAX_ITEM_BYTES,
+                unit: "bytes",
             });
         }
         let mut item = HashMap::from([

@@ -3,6 +3,7 @@
 //! variable.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statefun_aws::app::{Handlers, clients, sdk_config};
 use statefun_aws::config::AwsConfig;
@@ -36,8 +37,34 @@ pub async fn cold_start() -> Result<Arc<Handlers>, lambda_runtime::Error> {
     )))
 }
 
+/// When a handler must have answered: the invocation's deadline less a margin (a
+/// tenth of the time left, at least a second) for reporting what did not finish.
+pub fn answer_by(context: &lambda_runtime::Context) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    answer_by_at(context.deadline, now_ms, Instant::now())
+}
+
+fn answer_by_at(deadline_ms: u64, now_ms: u64, now: Instant) -> Instant {
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let margin = (left / 10).max(Duration::from_secs(1));
+    now + left.saturating_sub(margin)
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_handler_answers_before_the_deadline_with_a_margin() {
+        let now = Instant::now();
+        let at = |left_ms: u64| super::answer_by_at(1_000_000 + left_ms, 1_000_000, now) - now;
+        assert_eq!(at(30_000), Duration::from_secs(27), "a tenth of 30 s");
+        assert_eq!(at(5_000), Duration::from_secs(4), "at least a second");
+        assert_eq!(at(500), Duration::ZERO, "no time left: answer at once");
+    }
+
     #[test]
     fn the_bundled_module_parses_and_exposes_the_examples() {
         let m = super::bundled_module().expect("valid");

@@ -10,7 +10,15 @@ async fn main() -> Result<(), Error> {
     let handlers = lambda::cold_start().await?;
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let handlers = handlers.clone();
-        async move { Ok::<SqsBatchResponse, Error>(handlers.dispatcher.handle(event.payload).await) }
+        async move {
+            let deadline = lambda::answer_by(&event.context);
+            Ok::<SqsBatchResponse, Error>(
+                handlers
+                    .dispatcher
+                    .handle_until(event.payload, Some(deadline))
+                    .await,
+            )
+        }
     }))
     .await
 }
