@@ -418,3 +418,70 @@ async fn a_slow_remote_function_fails_back_at_the_invocations_deadline_and_the_r
     assert_eq!(count(aws.state(&slow).await), 5);
     assert_eq!(count(aws.state(&local).await), 1);
 }
+
+/// A module whose `faulty/*` endpoint is slow but in time: a 30 s call timeout.
+fn patient_module(port: u16) -> Module {
+    let text = format!(
+        "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: faulty/*\n  \
+         urlPathTemplate: http://127.0.0.1:{port}/fault\n  transport: {{ call: 30s }}\n"
+    );
+    Module::parse("module.yaml", &text).expect("module")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_holds_only_its_own_addresses_and_shutdown_does_not_wait_for_it() {
+    let py = PythonFunctions::start(free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = || {
+        let mut config = EmbeddedConfig::new(dir.path());
+        config.remote = Some(Arc::new(
+            HttpFunctions::new(patient_module(py.port)).expect("clients"),
+        ));
+        Runtime::start(registry(), config, Box::new(Capture(Arc::default()))).expect("start")
+    };
+    let count = |h: &RuntimeHandle, a: &Address| {
+        h.state_json(a).expect("state")["state"]["count"]["value"]
+            .as_i64()
+            .unwrap_or(0)
+    };
+    let slow = at("faulty/counter", "slow");
+    let local = Address::new(statefun_examples::counter::COUNTER, "local");
+
+    // The endpoint takes 3 s to answer; meanwhile the engine goes on with other addresses.
+    py.inject("slow", 1);
+    let runtime = start();
+    let h = runtime.handle();
+    h.submit(slow.clone(), TypedValue::of(&5i64), None)
+        .await
+        .expect("accepted");
+    h.submit(local.clone(), TypedValue::of(&1i64), None)
+        .await
+        .expect("accepted");
+    while count(&h, &local) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        count(&h, &slow),
+        0,
+        "the local address was applied while the slow call was still running"
+    );
+
+    // Stopping does not wait for the call either; nothing is lost: the message runs
+    // again after a restart, once.
+    let stopping = Instant::now();
+    drop(h);
+    runtime.shutdown().expect("shutdown");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "shutdown waited for the slow call ({:?})",
+        stopping.elapsed()
+    );
+    let runtime = start();
+    let h = runtime.handle();
+    while count(&h, &slow) == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(&h, &slow), 5);
+    assert_eq!(count(&h, &local), 1);
+    runtime.shutdown().expect("shutdown");
+}

@@ -16,12 +16,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use redb::{
     Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
 };
+use statefun_core::batch::RemoteBatch;
 use statefun_core::dedup::DedupKey;
 use statefun_core::pipeline::{Invoker, block_on, dedup_lookups};
 use statefun_core::ports::Clock;
@@ -51,7 +52,15 @@ pub(crate) struct IngressRequest {
 
 pub(crate) enum Command {
     Ingress(IngressRequest),
+    /// A remote call finished: its outcome is ready to commit.
+    RemoteDone,
     Shutdown,
+}
+
+/// A remote function's batch in flight: its inbox rows and the call.
+struct InFlight {
+    seqs: Vec<u64>,
+    call: tokio::task::JoinHandle<AddressOutcome>,
 }
 
 /// What a transaction changes in the engine's in-memory mirrors, applied only once it
@@ -183,8 +192,13 @@ pub(crate) struct Engine {
     commits: u64,
     /// When expired spilled dedup entries are next cleared out.
     next_dedup_prune_ms: u64,
-    specs: SpecCache,
+    specs: Arc<SpecCache>,
     tokio: Option<tokio::runtime::Handle>,
+    /// Remote calls run as tasks across rounds, so a slow endpoint holds only its own
+    /// addresses: an address with a call in flight is skipped until it answers.
+    inflight: HashMap<Address, InFlight>,
+    /// Where a finished call wakes the engine.
+    wake: Sender<Command>,
 }
 
 /// What identifies a message's content for an idempotency key: its type and bytes.
@@ -204,7 +218,7 @@ impl Engine {
         config: EmbeddedConfig,
         clock: Arc<dyn Clock>,
         egress: Box<dyn EgressSink>,
-        rx: Receiver<Command>,
+        channel: (Sender<Command>, Receiver<Command>),
     ) -> Result<Self, EmbeddedError> {
         let recovered = store::recover(&db)?;
         let txn = db.begin_write()?;
@@ -225,7 +239,7 @@ impl Engine {
             config,
             clock,
             egress,
-            rx,
+            rx: channel.1,
             pending: recovered.inbox.into_iter().collect(),
             timers: recovered.timers.into_iter().collect(),
             cache: HashMap::new(),
@@ -233,7 +247,9 @@ impl Engine {
             next_seq: recovered.next_seq,
             commits: 0,
             next_dedup_prune_ms: 0,
-            specs: SpecCache::default(),
+            specs: Arc::default(),
+            inflight: HashMap::new(),
+            wake: channel.0,
             tokio: tokio::runtime::Handle::try_current().ok(),
         })
     }
@@ -241,10 +257,13 @@ impl Engine {
     fn deliverable(&self, now: u64) -> bool {
         let instant = Instant::now();
         self.timers.first().is_some_and(|(due, _)| *due <= now)
+            || self.inflight.values().any(|f| f.call.is_finished())
             || self.pending.values().any(|e| {
-                self.retry_at
-                    .get(&e.envelope.target)
-                    .is_none_or(|t| *t <= instant)
+                !self.inflight.contains_key(&e.envelope.target)
+                    && self
+                        .retry_at
+                        .get(&e.envelope.target)
+                        .is_none_or(|t| *t <= instant)
             })
     }
 
@@ -270,6 +289,7 @@ impl Engine {
             if !self.deliverable(now) {
                 match self.rx.recv_timeout(self.idle_wait(now)) {
                     Ok(Command::Ingress(req)) => ingress.push(req),
+                    Ok(Command::RemoteDone) => {}
                     Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                         shutting_down = true
                     }
@@ -279,6 +299,7 @@ impl Engine {
             while ingress.len() < self.config.max_batch_messages {
                 match self.rx.try_recv() {
                     Ok(Command::Ingress(req)) => ingress.push(req),
+                    Ok(Command::RemoteDone) => {}
                     Ok(Command::Shutdown) => shutting_down = true,
                     Err(_) => break,
                 }
@@ -305,7 +326,9 @@ impl Engine {
                 break;
             }
             let target = &entry.envelope.target;
-            if self.retry_at.get(target).is_some_and(|t| *t > instant) {
+            if self.inflight.contains_key(target)
+                || self.retry_at.get(target).is_some_and(|t| *t > instant)
+            {
                 continue;
             }
             match index.get(target) {
@@ -357,7 +380,7 @@ impl Engine {
 
     fn round(&mut self, ingress: Vec<IngressRequest>) -> Result<(), EmbeddedError> {
         let now = self.clock.now_ms();
-        let groups = self.select();
+        let mut groups = self.select();
         let addresses: Vec<&Address> = groups.iter().map(|(a, _)| a).collect();
         let mut loaded = self.load(&addresses)?;
         let batches: Vec<(Address, Vec<Envelope>)> = groups
@@ -383,7 +406,20 @@ impl Engine {
                 }
             }
         }
-        let outcomes = self.invoke(batches, loaded);
+        let (local, remote): (Vec<_>, Vec<_>) = batches
+            .into_iter()
+            .zip(loaded)
+            .zip(std::mem::take(&mut groups))
+            .partition(|(((address, _), _), _)| !self.config.remote.serves(&address.function_type));
+        self.start_remote(remote);
+        let (local, local_groups): (Vec<_>, Vec<_>) = local.into_iter().unzip();
+        let (batches, loaded): (Vec<_>, Vec<_>) = local.into_iter().unzip();
+        groups = local_groups;
+        let mut outcomes = self.invoke(batches, loaded);
+        for (address, seqs, outcome) in self.finished_remote() {
+            groups.push((address, seqs));
+            outcomes.push(outcome);
+        }
 
         let mut seq = self.next_seq;
         let mut delta = Delta::default();
@@ -546,8 +582,58 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs the round's invocation batches: local functions in place, remote ones
-    /// concurrently over HTTP (the round waits for the slowest).
+    /// Starts the remote functions' batches as tasks: each answers in a later round
+    /// ([`Engine::finished_remote`]), and wakes the engine when it does.
+    fn start_remote(
+        &mut self,
+        batches: Vec<(
+            ((Address, Vec<Envelope>), Option<InstanceState>),
+            (Address, Vec<u64>),
+        )>,
+    ) {
+        let (Some(tokio), Some(remote)) = (&self.tokio, &self.config.remote) else {
+            return;
+        };
+        for (((address, messages), state), (_, seqs)) in batches {
+            let batch = RemoteBatch::prepare(address.clone(), state, messages, self.clock.now_ms());
+            let (remote, specs, config) = (remote.clone(), self.specs.clone(), self.config.batch);
+            let (clock, wake) = (self.clock.clone(), self.wake.clone());
+            let call = tokio.spawn(async move {
+                let outcome =
+                    statefun_core::remote::invoke(&remote, &specs, batch, &config, clock.as_ref())
+                        .await;
+                // The engine may have stopped; the messages are in the inbox all the same.
+                let _ = wake.send(Command::RemoteDone);
+                outcome
+            });
+            self.inflight.insert(address, InFlight { seqs, call });
+        }
+    }
+
+    /// The remote calls that answered since the last round, with their inbox rows.
+    fn finished_remote(&mut self) -> Vec<(Address, Vec<u64>, AddressOutcome)> {
+        let done: Vec<Address> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.call.is_finished())
+            .map(|(a, _)| a.clone())
+            .collect();
+        let mut out = Vec::new();
+        for address in done {
+            let Some(InFlight { seqs, call }) = self.inflight.remove(&address) else {
+                continue;
+            };
+            let Some(tokio) = &self.tokio else { continue };
+            match tokio.block_on(call) {
+                Ok(outcome) => out.push((address, seqs, outcome)),
+                // A call that panicked: its messages stay in the inbox and run again.
+                Err(e) => error!(%address, reason = %e, "remote call task failed"),
+            }
+        }
+        out
+    }
+
+    /// Runs the round's local invocation batches in place.
     fn invoke(
         &self,
         batches: Vec<(Address, Vec<Envelope>)>,
@@ -560,12 +646,8 @@ impl Engine {
             config: &self.config.batch,
             clock: self.clock.as_ref(),
         };
-        let process = invoker.process(batches, loaded);
-        match &self.tokio {
-            Some(tokio) => tokio.block_on(process),
-            // Without remote functions every future here is ready at once.
-            None => block_on(process),
-        }
+        // Local functions only: every future here is ready at once.
+        block_on(invoker.process(batches, loaded))
     }
 
     /// Which of a group's inbox rows an outcome settles, and the row of its failed

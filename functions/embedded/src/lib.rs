@@ -199,7 +199,7 @@ impl Runtime {
             config,
             clock.clone(),
             egress,
-            rx,
+            (tx.clone(), rx),
         )?;
         let (stopped_tx, stopped) = oneshot::channel();
         let engine = std::thread::Builder::new()
