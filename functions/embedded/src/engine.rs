@@ -57,6 +57,13 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// An address's batch as selected for a round: its messages, its loaded record, and
+/// its inbox rows.
+type Selected = (
+    ((Address, Vec<Envelope>), Option<InstanceState>),
+    (Address, Vec<u64>),
+);
+
 /// A remote function's batch in flight: its inbox rows and the call.
 struct InFlight {
     seqs: Vec<u64>,
@@ -584,13 +591,7 @@ impl Engine {
 
     /// Starts the remote functions' batches as tasks: each answers in a later round
     /// ([`Engine::finished_remote`]), and wakes the engine when it does.
-    fn start_remote(
-        &mut self,
-        batches: Vec<(
-            ((Address, Vec<Envelope>), Option<InstanceState>),
-            (Address, Vec<u64>),
-        )>,
-    ) {
+    fn start_remote(&mut self, batches: Vec<Selected>) {
         let (Some(tokio), Some(remote)) = (&self.tokio, &self.config.remote) else {
             return;
         };
