@@ -21,7 +21,7 @@ use crate::function::{FunctionError, Registry};
 use crate::message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
 use crate::ports::Clock;
 use crate::spec::{Expiration, StateSpec};
-use crate::state::{Cell, Failing, InstanceState, next_version};
+use crate::state::{Cell, Failing, InstanceState, VERSIONS_PER_MS, next_version};
 use crate::typename::{Address, TypeName};
 
 /// What can be stored and sent, mirroring the AWS limits by default.
@@ -60,6 +60,12 @@ pub struct BatchConfig {
     pub dedup_budget_bytes: usize,
     /// Retry vs dead letter for failed messages, on every host.
     pub retry: RetryPolicy,
+    /// How long after its commit a stored outbox whose inputs did not come back is
+    /// taken as possibly unsent, and re-sent before the next commit replaces it: the
+    /// inputs may have gone (a queue's redrive, its retention, a purge) and must not
+    /// take their outputs with them. Longer than a send takes; shorter than a queue's
+    /// redrive (`maxReceiveCount` × visibility timeout).
+    pub outbox_settle: Duration,
 }
 
 impl Default for BatchConfig {
@@ -69,6 +75,7 @@ impl Default for BatchConfig {
             dedup_retention: Duration::from_secs((14 * 24 + 12) * 3600),
             dedup_budget_bytes: 4 * 1024,
             retry: RetryPolicy::default(),
+            outbox_settle: Duration::from_secs(600),
         }
     }
 }
@@ -350,7 +357,16 @@ impl<'a> Working<'a> {
             effects,
             ..
         } = self;
-        let resend = if resend_needed {
+        // The stored outbox goes out again before a commit replaces it if its inputs
+        // came again, or if it is old enough that they may have gone without it (within
+        // half the retention, while every receiver still remembers what it applied).
+        let applied_any = !applied.is_empty();
+        let outbox_age = commit_ms.saturating_sub(state.version / VERSIONS_PER_MS);
+        let orphaned = applied_any
+            && !state.outbox.is_empty()
+            && outbox_age >= config.outbox_settle.as_millis() as u64
+            && outbox_age < config.retention_ms() / 2;
+        let resend = if resend_needed || orphaned {
             state.outbox.clone()
         } else {
             Vec::new()
@@ -371,7 +387,6 @@ impl<'a> Working<'a> {
                 attempts: f.attempts,
             })
         });
-        let applied_any = !applied.is_empty();
         let changed = applied_any || state.failing != failing;
         state.failing = failing;
         let commit = changed.then(|| {

@@ -780,3 +780,64 @@ fn a_delay_longer_than_a_year_is_refused_with_a_typed_error() {
     );
     assert_eq!(h.pending_delayed().len(), 1, "the next message ran");
 }
+
+#[test]
+fn a_committed_outbox_whose_inputs_vanished_is_sent_before_the_next_commit_replaces_it() {
+    let store = MemoryStore::new();
+    let transport = MemoryTransport::new();
+    let config = BatchConfig::default();
+    let clock = ManualClock::new(1_767_225_600_000);
+    let registry = relays();
+    let relay = Address::new(TypeName::from_static("test/relay"), "r");
+    let log = Address::new(LOG, "all");
+    let run = |batch: Vec<Envelope>, transport: &MemoryTransport| {
+        block_on(dispatch(
+            &registry, &store, transport, &config, &clock, batch,
+        ));
+        let forwarded = transport.take_inbox(10);
+        block_on(dispatch(
+            &registry, &store, transport, &config, &clock, forwarded,
+        ));
+    };
+    let entries = |store: &MemoryStore| {
+        store
+            .get(&log)
+            .and_then(|s| s.cells.get("entries").map(|c| c.value.decode::<String>()))
+            .transpose()
+            .expect("string")
+    };
+    // Sent and acknowledged as usual; the next message a minute later re-sends nothing.
+    run(vec![ingress(1, &relay, "first")], &transport);
+    clock.advance(Duration::from_secs(60));
+    run(vec![ingress(2, &relay, "soon")], &transport);
+    assert_eq!(entries(&store).as_deref(), Some("first,soon,"));
+    // Now a commit lands, its sends fail, and its input is gone for good (a purge, a
+    // queue's redrive): nothing will deliver it again.
+    let report = block_on(dispatch(
+        &registry,
+        &store,
+        &Down,
+        &config,
+        &clock,
+        vec![ingress(3, &relay, "orphaned")],
+    ));
+    assert_eq!((report.commits, report.settled.len()), (1, 0));
+    // Once the outbox has settled, the next commit re-sends it before replacing it.
+    clock.advance(Duration::from_secs(11 * 60));
+    run(vec![ingress(4, &relay, "later")], &transport);
+    assert_eq!(
+        entries(&store).as_deref(),
+        Some("first,soon,orphaned,later,"),
+        "the orphaned outbox was lost"
+    );
+    let egress: Vec<String> = transport
+        .take_egress()
+        .iter()
+        .map(|r| r.value.decode::<String>().expect("text"))
+        .collect();
+    assert_eq!(
+        egress,
+        ["first", "soon", "orphaned", "later"],
+        "nothing twice"
+    );
+}
