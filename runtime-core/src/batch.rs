@@ -454,26 +454,24 @@ pub fn process_address(
                 &config.limits,
             ),
         };
-        match result {
-            // The record cannot take this message's effects beside the earlier ones':
-            // commit those first, then run this one against the committed record.
-            Ok((_, _, bytes))
-                if bytes > config.limits.max_record_bytes && !w.applied.is_empty() =>
-            {
-                deferred.push(message);
-                deferred.extend(messages.by_ref());
-            }
+        // The record cannot take this message's effects beside the earlier ones':
+        // commit those first, then run this one against the committed record.
+        let result = match result {
             Ok((_, _, bytes)) if bytes > config.limits.max_record_bytes => {
-                let error =
-                    ProcessError::RecordTooLarge(record_too_large(address, bytes, &config.limits));
-                failure = Some(Failure {
-                    error,
-                    messages: std::iter::once(message.id)
-                        .chain(messages.by_ref().map(|m| m.id))
-                        .collect(),
-                    attempts: 1,
-                });
+                if !w.applied.is_empty() {
+                    deferred.push(message);
+                    deferred.extend(messages.by_ref());
+                    break;
+                }
+                Err(ProcessError::RecordTooLarge(record_too_large(
+                    address,
+                    bytes,
+                    &config.limits,
+                )))
             }
+            other => other,
+        };
+        match result {
             Ok((staged, effects, bytes)) => {
                 let specs: &[StateSpec] = registered.map_or(&[], |r| &r.specs);
                 w.apply(

@@ -501,43 +501,76 @@ fn relays() -> Registry {
     r
 }
 
+/// A relay, the log it forwards to, and the in-memory ports, on a realistic clock.
+struct Relays {
+    store: MemoryStore,
+    transport: MemoryTransport,
+    config: BatchConfig,
+    clock: ManualClock,
+    registry: Registry,
+    relay: Address,
+    log: Address,
+}
+
+impl Relays {
+    fn new() -> Self {
+        Relays {
+            store: MemoryStore::new(),
+            transport: MemoryTransport::new(),
+            config: BatchConfig::default(),
+            clock: ManualClock::new(1_767_225_600_000),
+            registry: relays(),
+            relay: Address::new(TypeName::from_static("test/relay"), "r"),
+            log: Address::new(LOG, "all"),
+        }
+    }
+
+    /// Dispatches `batch` through `transport`.
+    fn dispatch(
+        &self,
+        transport: &impl statefun_core::ports::Transport,
+        batch: Vec<Envelope>,
+    ) -> statefun_core::pipeline::BatchReport {
+        block_on(dispatch(
+            &self.registry,
+            &self.store,
+            transport,
+            &self.config,
+            &self.clock,
+            batch,
+        ))
+    }
+
+    /// Sends `text` to the relay and delivers what it forwards.
+    fn relay(&self, seq: u64, text: &str) {
+        self.dispatch(&self.transport, vec![ingress(seq, &self.relay, text)]);
+        let forwarded = self.transport.take_inbox(10);
+        self.dispatch(&self.transport, forwarded);
+    }
+
+    fn entries(&self) -> Option<String> {
+        self.store
+            .get(&self.log)
+            .and_then(|s| s.cells.get("entries").map(|c| c.value.decode::<String>()))
+            .transpose()
+            .expect("string")
+    }
+}
+
 #[test]
 fn a_sender_whose_record_was_deleted_is_still_heard_and_its_ids_never_repeat() {
     // A stateless relay's record goes (TTL, an operator); its next commits must not
     // reuse versions the receiver and egress consumers have seen.
-    let store = MemoryStore::new();
-    let transport = MemoryTransport::new();
-    let config = BatchConfig::default();
-    let clock = ManualClock::new(1_767_225_600_000);
-    let registry = relays();
-    let relay = Address::new(TypeName::from_static("test/relay"), "r");
-    let log = Address::new(LOG, "all");
+    let w = Relays::new();
     let mut egress_ids = Vec::new();
     for (seq, text) in [(1, "before"), (2, "after")] {
-        let report = block_on(dispatch(
-            &registry,
-            &store,
-            &transport,
-            &config,
-            &clock,
-            vec![ingress(seq, &relay, text)],
-        ));
-        assert_eq!(report.settled.len(), 1);
-        let forwarded = transport.take_inbox(10);
-        block_on(dispatch(
-            &registry, &store, &transport, &config, &clock, forwarded,
-        ));
-        egress_ids.extend(transport.take_egress().into_iter().map(|r| r.id));
-        store.delete(&relay);
-        clock.advance(Duration::from_secs(1));
+        w.relay(seq, text);
+        egress_ids.extend(w.transport.take_egress().into_iter().map(|r| r.id));
+        w.store.delete(&w.relay);
+        w.clock.advance(Duration::from_secs(1));
     }
     assert_eq!(
-        store
-            .get(&log)
-            .and_then(|s| s.cells.get("entries").map(|c| c.value.decode::<String>()))
-            .transpose()
-            .expect("string")
-            .as_deref(),
+        w.entries().as_deref(),
         Some("before,after,"),
         "the recreated relay's message was dropped as already applied"
     );
@@ -783,54 +816,26 @@ fn a_delay_longer_than_a_year_is_refused_with_a_typed_error() {
 
 #[test]
 fn a_committed_outbox_whose_inputs_vanished_is_sent_before_the_next_commit_replaces_it() {
-    let store = MemoryStore::new();
-    let transport = MemoryTransport::new();
-    let config = BatchConfig::default();
-    let clock = ManualClock::new(1_767_225_600_000);
-    let registry = relays();
-    let relay = Address::new(TypeName::from_static("test/relay"), "r");
-    let log = Address::new(LOG, "all");
-    let run = |batch: Vec<Envelope>, transport: &MemoryTransport| {
-        block_on(dispatch(
-            &registry, &store, transport, &config, &clock, batch,
-        ));
-        let forwarded = transport.take_inbox(10);
-        block_on(dispatch(
-            &registry, &store, transport, &config, &clock, forwarded,
-        ));
-    };
-    let entries = |store: &MemoryStore| {
-        store
-            .get(&log)
-            .and_then(|s| s.cells.get("entries").map(|c| c.value.decode::<String>()))
-            .transpose()
-            .expect("string")
-    };
+    let w = Relays::new();
     // Sent and acknowledged as usual; the next message a minute later re-sends nothing.
-    run(vec![ingress(1, &relay, "first")], &transport);
-    clock.advance(Duration::from_secs(60));
-    run(vec![ingress(2, &relay, "soon")], &transport);
-    assert_eq!(entries(&store).as_deref(), Some("first,soon,"));
+    w.relay(1, "first");
+    w.clock.advance(Duration::from_secs(60));
+    w.relay(2, "soon");
+    assert_eq!(w.entries().as_deref(), Some("first,soon,"));
     // Now a commit lands, its sends fail, and its input is gone for good (a purge, a
     // queue's redrive): nothing will deliver it again.
-    let report = block_on(dispatch(
-        &registry,
-        &store,
-        &Down,
-        &config,
-        &clock,
-        vec![ingress(3, &relay, "orphaned")],
-    ));
+    let report = w.dispatch(&Down, vec![ingress(3, &w.relay, "orphaned")]);
     assert_eq!((report.commits, report.settled.len()), (1, 0));
     // Once the outbox has settled, the next commit re-sends it before replacing it.
-    clock.advance(Duration::from_secs(11 * 60));
-    run(vec![ingress(4, &relay, "later")], &transport);
+    w.clock.advance(Duration::from_secs(11 * 60));
+    w.relay(4, "later");
     assert_eq!(
-        entries(&store).as_deref(),
+        w.entries().as_deref(),
         Some("first,soon,orphaned,later,"),
         "the orphaned outbox was lost"
     );
-    let egress: Vec<String> = transport
+    let egress: Vec<String> = w
+        .transport
         .take_egress()
         .iter()
         .map(|r| r.value.decode::<String>().expect("text"))

@@ -544,6 +544,34 @@ impl<'a> Run<'a> {
         self.transport.inner.inbox_len() == 0
     }
 
+    /// Runs until nothing is left: no message, no timer, no planned redelivery. Time
+    /// moves by up to `step_ms` between batches, and jumps to the next event when idle.
+    fn drain(&mut self, rng: &mut Rng, duplicate_within_ms: u64, step_ms: u64) {
+        for _ in 0..1_000_000 {
+            self.release_due(duplicate_within_ms);
+            if self.idle() {
+                let next = [
+                    self.transport.inner.next_due_ms(),
+                    self.redeliveries.keys().next().map(|k| k.0),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                match next {
+                    Some(at) => self
+                        .clock
+                        .advance(Duration::from_millis(at.saturating_sub(self.now()).max(1))),
+                    None => return,
+                }
+                continue;
+            }
+            self.dispatch(1 + rng.below(10) as usize, duplicate_within_ms);
+            self.clock
+                .advance(Duration::from_millis(rng.below(step_ms)));
+        }
+        panic!("no convergence");
+    }
+
     /// Checks the counts, the egress records and their ids against the tracker.
     fn verify(&self, tracker: &Tracker, label: &str) {
         for (id, expected) in &tracker.counts {
@@ -624,30 +652,7 @@ fn run_seed(seed: u64) {
             value: TypedValue::of(&Commands(commands)),
         });
     }
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        assert!(rounds < 100_000, "seed {seed}: no convergence");
-        run.release_due(1_000);
-        if run.idle() {
-            let next = [
-                run.transport.inner.next_due_ms(),
-                run.redeliveries.keys().next().map(|k| k.0),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            match next {
-                Some(at) => run
-                    .clock
-                    .advance(Duration::from_millis(at.saturating_sub(run.now()))),
-                None => break,
-            }
-            continue;
-        }
-        run.dispatch(1 + gen_rng.below(10) as usize, 1_000);
-        run.clock.advance(Duration::from_millis(gen_rng.below(50)));
-    }
+    run.drain(&mut gen_rng, 1_000, 50);
     run.verify(&tracker, &format!("seed {seed}"));
 }
 
@@ -767,30 +772,7 @@ fn sixty_days_of_traffic_apply_every_effect_exactly_once() {
         }
     }
     // Drain: everything due and every planned redelivery.
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        assert!(rounds < 1_000_000, "no convergence");
-        run.release_due(HOUR_MS);
-        if run.idle() {
-            let next = [
-                run.transport.inner.next_due_ms(),
-                run.redeliveries.keys().next().map(|k| k.0),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            match next {
-                Some(at) => run
-                    .clock
-                    .advance(Duration::from_millis(at.saturating_sub(run.now()).max(1))),
-                None => break,
-            }
-            continue;
-        }
-        run.dispatch(1 + rng.below(10) as usize, HOUR_MS);
-        run.clock.advance(Duration::from_millis(rng.below(1_000)));
-    }
+    run.drain(&mut rng, HOUR_MS, 1_000);
 
     run.verify(&tracker, "60 days");
     let figures = run.store.figures.lock().expect("figures");
