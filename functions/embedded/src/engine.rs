@@ -501,26 +501,33 @@ impl Engine {
             }
             let mut keys = txn.open_table(INGRESS_KEYS)?;
             for req in ingress {
-                let target = store::address_key(&req.target);
-                let digest = message_digest(&req.value);
-                let existing = match &req.key {
-                    Some(key) => keys
-                        .get((target.as_slice(), key.as_str()))?
-                        .map(|v| (v.value().0, v.value().2 == digest.as_slice())),
-                    None => None,
-                };
                 let id = |seq| MessageId::Ordered {
                     source: HTTP_INGRESS.into(),
                     seq,
                     index: 0,
                 };
-                let result = match (existing, &req.key) {
+                // A keyed request: the key is scoped to its target, and the message it
+                // was first used for is remembered by digest.
+                let keyed = req.key.as_ref().map(|key| {
+                    (
+                        key.clone(),
+                        store::address_key(&req.target),
+                        message_digest(&req.value),
+                    )
+                });
+                let existing = match &keyed {
+                    Some((key, target, digest)) => keys
+                        .get((target.as_slice(), key.as_str()))?
+                        .map(|v| (v.value().0, v.value().2 == digest.as_slice())),
+                    None => None,
+                };
+                let result = match (existing, keyed) {
                     (Some((s, true)), _) => Ok(id(s)),
-                    (Some((_, false)), Some(key)) => Err(KeyReused {
-                        key: key.clone(),
-                        target: req.target.clone(),
+                    (Some((_, false)), Some((key, _, _))) => Err(KeyReused {
+                        key,
+                        target: req.target,
                     }),
-                    _ => {
+                    (_, keyed) => {
                         let s = seq;
                         let envelope = Envelope {
                             id: id(s),
@@ -529,7 +536,7 @@ impl Engine {
                             value: req.value,
                         };
                         tables.enqueue(&mut seq, envelope, &mut delta)?;
-                        if let Some(key) = &req.key {
+                        if let Some((key, target, digest)) = keyed {
                             keys.insert(
                                 (target.as_slice(), key.as_str()),
                                 (s, now, digest.as_slice()),
