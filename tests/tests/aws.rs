@@ -18,14 +18,19 @@ fn greet(name: &str) -> TypedValue {
     })
 }
 
-async fn greeter_end_to_end_with_sqs_egress(dynamo: Dynamo) {
-    let mut aws = Aws::start(
+/// The examples with the greeter's egress on an SQS queue, `greets`.
+async fn with_greets_queue(dynamo: Dynamo) -> Aws {
+    Aws::start(
         dynamo,
         examples(),
         &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
         &["greets"],
     )
-    .await;
+    .await
+}
+
+async fn greeter_end_to_end_with_sqs_egress(dynamo: Dynamo) {
+    let mut aws = with_greets_queue(dynamo).await;
     let bob = Address::new(PERSON, "Bob");
     aws.send(bob.clone(), greet("Bob"), "1").await;
     aws.send(bob.clone(), greet("Bob"), "2").await;
@@ -339,13 +344,7 @@ impl Transport for Down {
 async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_drops_duplicates(
     dynamo: Dynamo,
 ) {
-    let mut aws = Aws::start(
-        dynamo,
-        examples(),
-        &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
-        &["greets"],
-    )
-    .await;
+    let mut aws = with_greets_queue(dynamo).await;
     let bob = Address::new(PERSON, "Bob");
     let message = ingress("1", bob.clone(), greet("Bob"));
     // First delivery: the real store commits, then the process "dies" before sending.
@@ -383,20 +382,11 @@ async fn crash_between_commit_and_send_resends_on_redelivery_and_the_receiver_dr
     }
     aws.drain(Duration::from_millis(300)).await;
     assert_eq!(count(&aws, &bob, "visits").await, 1, "applied once");
-    let greets = aws.take_all(&aws.url_of("greets")).await;
-    let ids: BTreeSet<String> = greets
-        .iter()
-        .map(|(b, _)| {
-            serde_json::from_str::<serde_json::Value>(b).expect("json")["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
+    let ids: BTreeSet<String> = egress_ids(&aws, "greets").await.into_iter().collect();
     assert_eq!(
         ids.len(),
         1,
-        "the greeter got the re-sent message and applied it once: {greets:?}"
+        "the greeter got the re-sent message and applied it once: {ids:?}"
     );
     let greeter = aws
         .state(&Address::new(statefun_examples::greeter::GREETER, "Bob"))
@@ -869,13 +859,7 @@ async fn egress_ids(aws: &Aws, queue: &str) -> Vec<String> {
 }
 
 async fn an_instance_deleted_as_ttl_would_keeps_its_messages_and_egress_ids_unique(dynamo: Dynamo) {
-    let mut aws = Aws::start(
-        dynamo,
-        examples(),
-        &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
-        &["greets"],
-    )
-    .await;
+    let mut aws = with_greets_queue(dynamo).await;
     let bob = Address::new(PERSON, "Bob");
     let greeter = Address::new(statefun_examples::greeter::GREETER, "Bob");
     let (dynamodb, table) = (aws.clients.dynamodb.clone(), aws.config.table.clone());
