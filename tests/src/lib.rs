@@ -125,7 +125,19 @@ fn dynamodb_local_dir() -> PathBuf {
 }
 
 impl DynamoDbLocal {
+    /// Starts DynamoDB Local on a free port. It binds every interface, so another
+    /// server of the suite can take the port between our check and its bind: it then
+    /// exits, and is started again on another port. Ready means our process answers
+    /// and has outlived its JVM start (a failed bind ends it within that time).
     pub fn start() -> DynamoDbLocal {
+        loop {
+            if let Some(local) = Self::try_start() {
+                return local;
+            }
+        }
+    }
+
+    fn try_start() -> Option<DynamoDbLocal> {
         let dir = dynamodb_local_dir();
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("free port")
@@ -150,15 +162,21 @@ impl DynamoDbLocal {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = local.child.try_wait() {
-                panic!("DynamoDB Local exited: {status}");
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(_)) = local.child.try_wait() {
+                // The port was taken: try another.
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && started.elapsed() >= Duration::from_secs(3)
+            {
+                return Some(local);
             }
             assert!(Instant::now() < deadline, "DynamoDB Local did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        local
     }
 }
 
