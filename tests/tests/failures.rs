@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use statefun_aws::local::QueueSettings;
 use statefun_core::ports::SystemClock;
@@ -206,31 +206,30 @@ async fn the_embedded_runtime_applies_the_policy() {
             .await
             .expect("accepted");
     }
-    // Until the outcome is complete; a guard against a hang, not a speed target.
-    let started = Instant::now();
-    let outcome = loop {
-        let logs: BTreeMap<String, String> = ["retry", "term", "panic", "innocent"]
+    let logs = || -> BTreeMap<String, String> {
+        ["retry", "term", "panic", "innocent"]
             .iter()
             .map(|id| {
                 let state = handle.state_json(&Address::new(LOG, *id)).expect("state");
                 (id.to_string(), log_of(&state))
             })
-            .collect();
-        let letters = handle.dead_letters().expect("dead letters");
-        if logs == expected_logs() && letters.len() >= 3
-            || started.elapsed() > Duration::from_secs(300)
-        {
-            break Outcome {
-                logs,
-                dead: letters
-                    .iter()
-                    .map(|d| (d.envelope.target.id.clone(), text_of(&d.envelope.value)))
-                    .collect(),
-                reasons: letters.iter().map(|d| d.reason.clone()).collect(),
-                retries: seen.retries.load(Ordering::SeqCst),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            .collect()
+    };
+    let letters = || handle.dead_letters().expect("dead letters");
+    // Until the outcome is complete, or the runtime has nothing left to do.
+    handle
+        .settles(|| logs() == expected_logs() && letters().len() >= 3)
+        .await
+        .expect("status");
+    let letters = letters();
+    let outcome = Outcome {
+        logs: logs(),
+        dead: letters
+            .iter()
+            .map(|d| (d.envelope.target.id.clone(), text_of(&d.envelope.value)))
+            .collect(),
+        reasons: letters.iter().map(|d| d.reason.clone()).collect(),
+        retries: seen.retries.load(Ordering::SeqCst),
     };
     runtime.shutdown().expect("shutdown");
     check("embedded", &outcome);

@@ -73,19 +73,20 @@ impl Embedded {
         self.handle.state_json(a).expect("state")
     }
 
-    async fn until(&self, a: &Address, within: Duration, check: impl Fn(&Json) -> bool) -> Json {
-        let deadline = Instant::now() + within;
-        loop {
-            let s = self.state(a);
-            if check(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "state of {a} never got there: {s}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    /// Waits until the state of `a` passes `check`, for as long as the runtime works.
+    async fn until(&self, a: &Address, check: impl Fn(&Json) -> bool) -> Json {
+        let reached = self
+            .handle
+            .settles(|| check(&self.state(a)))
+            .await
+            .expect("status");
+        let s = self.state(a);
+        assert!(reached, "state of {a} never got there: {s}");
+        s
+    }
+
+    async fn settle(&self) {
+        self.handle.settle().await.expect("status");
     }
 }
 
@@ -119,17 +120,14 @@ async fn the_python_playground_greeter_runs_in_the_embedded_runtime() {
     let bob = at("example/person", "Bob");
     e.send(bob.clone(), greet("Bob")).await;
     e.send(bob.clone(), greet("Bob")).await;
-    let s = e
-        .until(&bob, Duration::from_secs(60), |s| {
-            s["state"]["visits"]["value"] == 2
-        })
-        .await;
+    let s = e.until(&bob, |s| s["state"]["visits"]["value"] == 2).await;
     assert_eq!(s["state"]["visits"]["typename"], "io.statefun.types/int");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while e.egress.lock().expect("records").len() < 2 {
-        assert!(Instant::now() < deadline, "no greetings");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let greeted = e
+        .handle
+        .settles(|| e.egress.lock().expect("records").len() >= 2)
+        .await
+        .expect("status");
+    assert!(greeted, "no greetings");
     let records: Vec<Json> = e
         .egress
         .lock()
@@ -156,17 +154,13 @@ async fn expiring_state_declared_in_python_expires_on_the_runtimes_clock() {
     let e = Embedded::start(py.port, clock.clone());
     let a = at("py/expiring", "x");
     e.send(a.clone(), text("set")).await;
-    let first = e
-        .until(&a, Duration::from_secs(60), |s| s["version"] != 0)
-        .await["version"]
+    let first = e.until(&a, |s| s["version"] != 0).await["version"]
         .as_u64()
         .expect("version");
     clock.advance(Duration::from_millis(1500));
     e.send(a.clone(), text("touch")).await;
-    e.until(&a, Duration::from_secs(60), |s| {
-        s["version"].as_u64().is_some_and(|v| v > first)
-    })
-    .await;
+    e.until(&a, |s| s["version"].as_u64().is_some_and(|v| v > first))
+        .await;
     clock.advance(Duration::from_millis(1000));
     let s = e.state(&a);
     assert!(
@@ -206,11 +200,7 @@ async fn python_to_rust_to_python_keeps_every_type_including_zero_and_empty() {
     for (i, (command, cell, expected)) in cases.iter().enumerate() {
         let a = at("py/pingpong", &format!("p{i}"));
         e.send(a.clone(), text(command)).await;
-        let s = e
-            .until(&a, Duration::from_secs(60), |s| {
-                s["state"]["returns"]["value"] == 1
-            })
-            .await;
+        let s = e.until(&a, |s| s["state"]["returns"]["value"] == 1).await;
         assert_eq!(&s["state"][*cell]["value"], expected, "{command}: {s}");
     }
 }
@@ -226,12 +216,10 @@ async fn send_after_cancel_and_egress_from_python() {
     e.send(t.clone(), text("later:drop")).await;
     e.send(t.clone(), text("cancel:drop")).await;
     e.send(t.clone(), text("egress")).await;
-    e.until(&counter, Duration::from_secs(60), |s| {
-        s["state"]["count"]["value"] == 1
-    })
-    .await;
+    e.until(&counter, |s| s["state"]["count"]["value"] == 1)
+        .await;
     assert!(started.elapsed() >= Duration::from_secs(1), "arrived early");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    e.settle().await;
     assert_eq!(
         e.state(&counter)["state"]["count"]["value"],
         1,
@@ -260,17 +248,17 @@ async fn endpoint_failures_are_retried_and_failed_back_without_loss() {
     py.inject("garbage", 1);
     py.inject("ctype", 1);
     e.send(c.clone(), TypedValue::of(&1i64)).await;
-    e.until(&c, Duration::from_secs(60), count(1)).await;
+    e.until(&c, count(1)).await;
     // A response slower than the 2 s call timeout is retried.
     py.inject("slow", 1);
     e.send(c.clone(), TypedValue::of(&10i64)).await;
-    e.until(&c, Duration::from_secs(60), count(11)).await;
+    e.until(&c, count(11)).await;
     // More failures than one call timeout absorbs: the message fails back to the retry
     // path and is applied once the endpoint recovers.
     py.inject("500", 40);
     e.send(c.clone(), TypedValue::of(&100i64)).await;
-    e.until(&c, Duration::from_secs(60), count(111)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    e.until(&c, count(111)).await;
+    e.settle().await;
     assert_eq!(e.state(&c)["state"]["count"]["value"], 111, "applied once");
     assert!(e.handle.dead_letters().expect("dead letters").is_empty());
 }
@@ -292,10 +280,7 @@ async fn a_refused_connection_fails_back_until_the_function_is_up() {
         "not dead-lettered"
     );
     let _py = PythonFunctions::start(port);
-    e.until(&c, Duration::from_secs(60), |s| {
-        s["state"]["count"]["value"] == 5
-    })
-    .await;
+    e.until(&c, |s| s["state"]["count"]["value"] == 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,15 +288,13 @@ async fn a_state_mutation_of_the_wrong_type_is_a_clear_error() {
     let py = PythonFunctions::start(free_port());
     let e = Embedded::start(py.port, Arc::new(SystemClock));
     e.send(at("raw/badstate", "b"), text("x")).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let letters = loop {
-        let letters = e.handle.dead_letters().expect("dead letters");
-        if !letters.is_empty() {
-            break letters;
-        }
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead = e
+        .handle
+        .settles(|| !e.handle.dead_letters().expect("dead letters").is_empty())
+        .await
+        .expect("status");
+    assert!(dead, "never dead-lettered");
+    let letters = e.handle.dead_letters().expect("dead letters");
     assert_eq!(
         letters[0].reason,
         "function failed: state \"n\" is declared as io.statefun.types/int but holds or was given a io.statefun.types/string"
@@ -457,9 +440,8 @@ async fn a_slow_endpoint_holds_only_its_own_addresses_and_shutdown_does_not_wait
     h.submit(local.clone(), TypedValue::of(&1i64), None)
         .await
         .expect("accepted");
-    while count(&h, &local) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let applied = h.settles(|| count(&h, &local) > 0).await.expect("status");
+    assert!(applied, "the local address was never applied");
     assert_eq!(
         count(&h, &slow),
         0,
@@ -478,9 +460,8 @@ async fn a_slow_endpoint_holds_only_its_own_addresses_and_shutdown_does_not_wait
     );
     let runtime = start();
     let h = runtime.handle();
-    while count(&h, &slow) == 0 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let applied = h.settles(|| count(&h, &slow) > 0).await.expect("status");
+    assert!(applied, "the slow call was never applied after the restart");
     assert_eq!(count(&h, &slow), 5);
     assert_eq!(count(&h, &local), 1);
     runtime.shutdown().expect("shutdown");

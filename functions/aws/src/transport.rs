@@ -9,10 +9,12 @@
 //! - egress → its SQS queue or SNS topic, the record as JSON with its stable id.
 //!
 //! Entries for one destination are sent together: `SendMessageBatch`/`PublishBatch`
-//! of at most 10 entries and 256 KiB; entries that fail are retried, and an outbox
-//! fails only if one of its entries still fails.
+//! of at most 10 entries and 256 KiB, at most one entry per FIFO group per request so
+//! a failed entry never lets a later one of its group overtake it ([`Pending`]);
+//! entries that fail are retried, and an outbox fails only if one of its entries
+//! still fails.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -197,36 +199,33 @@ impl SqsTransport {
         errors
     }
 
+    /// Sends `messages` in as few requests as the limits and per-group order allow.
     async fn send_batches(
         &self,
         destination: &Destination,
         messages: Vec<Outgoing>,
         errors: &mut [Option<String>],
     ) {
-        let mut batch: Vec<Outgoing> = Vec::new();
-        let mut bytes = 0;
-        for m in messages {
-            if batch.len() == MAX_ENTRIES || bytes + m.body.len() > MAX_SQS_BYTES {
-                self.send_batch(destination, std::mem::take(&mut batch), errors)
-                    .await;
-                bytes = 0;
+        let mut pending = Pending::from(messages);
+        while let Some(batch) = pending.next_request() {
+            for (group, reason) in self.send_batch(destination, batch, errors).await {
+                for m in pending.drop_group(&group) {
+                    errors[m.outbox].get_or_insert_with(|| {
+                        format!("not sent: an earlier message of group {group} failed ({reason})")
+                    });
+                }
             }
-            bytes += m.body.len();
-            batch.push(m);
-        }
-        if !batch.is_empty() {
-            self.send_batch(destination, batch, errors).await;
         }
     }
 
     /// One batch request, retrying the entries that failed; the entries that still fail
-    /// mark their outbox failed.
+    /// mark their outbox failed. Returns the FIFO groups of those entries and why.
     async fn send_batch(
         &self,
         destination: &Destination,
         batch: Vec<Outgoing>,
         errors: &mut [Option<String>],
-    ) {
+    ) -> Vec<(String, String)> {
         let mut remaining: Vec<(usize, Outgoing)> = batch.into_iter().enumerate().collect();
         let mut last_errors: HashMap<usize, String> = HashMap::new();
         let policy = RetryPolicy::io();
@@ -253,9 +252,15 @@ impl SqsTransport {
             };
             remaining.retain(|(i, _)| last_errors.contains_key(i));
         }
-        for (i, m) in &remaining {
-            errors[m.outbox] = last_errors.remove(i);
+        let mut failed_groups = Vec::new();
+        for (i, m) in remaining {
+            let reason = last_errors.remove(&i).unwrap_or_default();
+            if let Some(group) = m.group {
+                failed_groups.push((group, reason.clone()));
+            }
+            errors[m.outbox] = Some(reason);
         }
+        failed_groups
     }
 
     async fn sqs_batch(
@@ -336,6 +341,65 @@ impl SqsTransport {
     }
 }
 
+/// Messages waiting to be sent to one destination, planned into requests that keep
+/// each FIFO group's order even when some entries of a request fail: a request holds
+/// at most one entry per group, and a group's next entry goes out only once the one
+/// before it was accepted. A request is a unit of neither success nor order (SQS
+/// reports each entry apart), so two entries of one group in one request could land
+/// reversed if the first failed and was retried.
+#[derive(Debug, Default)]
+struct Pending {
+    messages: VecDeque<Outgoing>,
+}
+
+impl From<Vec<Outgoing>> for Pending {
+    fn from(messages: Vec<Outgoing>) -> Self {
+        Pending {
+            messages: messages.into(),
+        }
+    }
+}
+
+impl Pending {
+    /// The next request: up to 10 entries and 256 KiB, in order, at most one per group
+    /// (a single entry over the byte limit goes alone and SQS judges it).
+    fn next_request(&mut self) -> Option<Vec<Outgoing>> {
+        if self.messages.is_empty() {
+            return None;
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut groups_seen = HashSet::new();
+        let mut rest = VecDeque::with_capacity(self.messages.len());
+        for m in self.messages.drain(..) {
+            let group_first = m
+                .group
+                .as_ref()
+                .is_none_or(|g| groups_seen.insert(g.clone()));
+            let fits = batch.is_empty()
+                || (batch.len() < MAX_ENTRIES && bytes + m.body.len() <= MAX_SQS_BYTES);
+            if group_first && fits {
+                bytes += m.body.len();
+                batch.push(m);
+            } else {
+                rest.push_back(m);
+            }
+        }
+        self.messages = rest;
+        Some(batch)
+    }
+
+    /// Takes out every message of `group` that was not sent yet.
+    fn drop_group(&mut self, group: &str) -> Vec<Outgoing> {
+        let (dropped, kept): (VecDeque<_>, VecDeque<_>) = self
+            .messages
+            .drain(..)
+            .partition(|m| m.group.as_deref() == Some(group));
+        self.messages = kept;
+        dropped.into()
+    }
+}
+
 impl Transport for SqsTransport {
     fn check(&self, entry: &OutboxEntry) -> Result<(), TransportError> {
         let size = match entry {
@@ -412,5 +476,74 @@ impl Transport for SqsTransport {
             .into_iter()
             .map(|e| e.map_or(Ok(()), |e| Err(TransportError(e))))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(outbox: usize, group: Option<&str>, body: &str) -> Outgoing {
+        Outgoing {
+            outbox,
+            body: body.to_string(),
+            group: group.map(str::to_string),
+            dedup: None,
+            delay_seconds: None,
+        }
+    }
+
+    fn plan(pending: &mut Pending) -> Vec<Vec<(usize, Option<String>)>> {
+        std::iter::from_fn(|| pending.next_request())
+            .map(|batch| batch.into_iter().map(|m| (m.outbox, m.group)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_request_holds_one_entry_per_group_in_send_order() {
+        let mut pending = Pending::from(vec![
+            message(0, Some("a"), "a1"),
+            message(1, Some("a"), "a2"),
+            message(2, Some("b"), "b1"),
+            message(3, Some("a"), "a3"),
+            message(4, Some("b"), "b2"),
+        ]);
+        let requests = plan(&mut pending);
+        let g = |s: &str| Some(s.to_string());
+        assert_eq!(
+            requests,
+            vec![
+                vec![(0, g("a")), (2, g("b"))],
+                vec![(1, g("a")), (4, g("b"))],
+                vec![(3, g("a"))],
+            ]
+        );
+    }
+
+    #[test]
+    fn ungrouped_entries_pack_up_to_the_entry_and_byte_limits() {
+        let big = "x".repeat(MAX_SQS_BYTES / 2 + 1);
+        let mut messages: Vec<Outgoing> = (0..12).map(|i| message(i, None, "t")).collect();
+        messages.extend((12..15).map(|i| message(i, None, &big)));
+        let sizes: Vec<usize> = plan(&mut Pending::from(messages))
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![10, 3, 1, 1]);
+    }
+
+    #[test]
+    fn a_failed_group_keeps_its_later_entries_back_and_others_go_on() {
+        let mut pending = Pending::from(vec![
+            message(0, Some("a"), "a1"),
+            message(1, Some("b"), "b1"),
+            message(2, Some("a"), "a2"),
+            message(3, Some("b"), "b2"),
+        ]);
+        let first = pending.next_request().expect("a request");
+        assert_eq!(first.len(), 2);
+        let dropped: Vec<usize> = pending.drop_group("a").iter().map(|m| m.outbox).collect();
+        assert_eq!(dropped, vec![2], "a2 must not overtake a failed a1");
+        assert_eq!(plan(&mut pending), vec![vec![(3, Some("b".to_string()))]]);
     }
 }

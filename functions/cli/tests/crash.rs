@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Lines, Server, egress, eventually};
+use common::{Lines, Server, egress};
 
 const GREET: Option<&str> = Some("application/vnd.example/GreetRequest");
 const LONG: Option<&str> = Some("application/vnd.io.statefun.types/long");
@@ -71,15 +71,13 @@ fn greeting_ids(all_stdout: &[Lines]) -> (usize, BTreeSet<String>) {
 }
 
 fn converge(s: &Server, expected: &BTreeMap<String, i64>) {
-    let ok = eventually(Duration::from_secs(60), || {
-        expected.iter().all(|(path, n)| count_at(s, path) >= *n)
-    });
+    let ok = s.settles(|| expected.iter().all(|(path, n)| count_at(s, path) >= *n));
     let actual: BTreeMap<_, _> = expected
         .keys()
         .map(|p| (p.clone(), count_at(s, p)))
         .collect();
     assert!(ok, "lost messages: expected {expected:?}, got {actual:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    s.settle();
     let actual: BTreeMap<_, _> = expected
         .keys()
         .map(|p| (p.clone(), count_at(s, p)))

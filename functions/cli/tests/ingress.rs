@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Server, egress, eventually, http};
+use common::{Server, egress, http};
 
 fn server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -34,9 +32,7 @@ fn accepted_messages_get_202_and_a_message_id() {
     );
     s.post("/example/counter/a", LONG, None, b" 2\n")
         .expect("post");
-    assert!(eventually(Duration::from_secs(10), || {
-        s.get_json("/example/counter/a")["state"]["count"]["value"] == 42
-    }));
+    assert!(s.settles(|| { s.get_json("/example/counter/a")["state"]["count"]["value"] == 42 }));
     let state = s.get_json("/example/counter/a");
     assert_eq!(
         state["state"]["count"]["typename"],
@@ -60,7 +56,7 @@ fn the_playground_greeter_curl_works() {
     )
     .expect("put");
     assert_eq!(status, 202, "{body}");
-    assert!(eventually(Duration::from_secs(10), || !egress(&s.stdout).is_empty()));
+    assert!(s.settles(|| !egress(&s.stdout).is_empty()));
     let records = egress(&s.stdout);
     assert_eq!(records[0]["egress"], "example/greets");
     assert_eq!(records[0]["value"], "Hello Bob! 😎");
@@ -83,9 +79,7 @@ fn a_string_is_the_default_type() {
         .post("/example/counter/a", LONG, None, b"5")
         .expect("post");
     assert_eq!(status, 202);
-    assert!(eventually(Duration::from_secs(10), || {
-        s.get_json("/example/counter/a")["state"]["count"]["value"] == 5
-    }));
+    assert!(s.settles(|| { s.get_json("/example/counter/a")["state"]["count"]["value"] == 5 }));
     assert!(
         s.stderr
             .lock()
@@ -212,7 +206,7 @@ fn every_ingress_error_is_a_4xx_saying_what_is_wrong() {
         "Idempotency-Key",
     );
     // Nothing rejected was enqueued.
-    std::thread::sleep(Duration::from_millis(200));
+    s.settle();
     assert_eq!(s.get_json("/example/counter/a")["version"], 0);
 }
 
@@ -228,10 +222,8 @@ fn an_idempotency_key_enqueues_once() {
     assert_eq!(first, again, "same key, same message id");
     s.post("/example/counter/k", LONG, Some("order-2"), b"1")
         .expect("post");
-    assert!(eventually(Duration::from_secs(10), || {
-        s.get_json("/example/counter/k")["state"]["count"]["value"] == 8
-    }));
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(s.settles(|| { s.get_json("/example/counter/k")["state"]["count"]["value"] == 8 }));
+    s.settle();
     assert_eq!(
         s.get_json("/example/counter/k")["state"]["count"]["value"],
         8
@@ -262,11 +254,24 @@ fn an_idempotency_key_is_scoped_to_its_target_and_refuses_another_message() {
     );
     for counter in ["/example/counter/k1", "/example/counter/k2"] {
         assert!(
-            eventually(Duration::from_secs(10), || {
-                s.get_json(counter)["state"]["count"]["value"] == 5
-            }),
+            s.settles(|| { s.get_json(counter)["state"]["count"]["value"] == 5 }),
             "{counter}: {}",
             s.get_json(counter)
         );
     }
+}
+
+#[test]
+fn status_tells_waiters_when_nothing_is_left_to_do() {
+    let (_dir, s) = server();
+    let before = s.status();
+    assert!(before.idle(), "{before:?}");
+    s.post("/example/counter/st", LONG, None, b"3")
+        .expect("post");
+    assert!(s.settles(|| { s.get_json("/example/counter/st")["state"]["count"]["value"] == 3 }));
+    // A condition that can never hold is given up once the runtime is idle, not at a
+    // wall-clock deadline.
+    assert!(!s.settles(|| { s.get_json("/example/counter/st")["state"]["count"]["value"] == 4 }));
+    let after = s.status();
+    assert!(after.idle() && after.commits > before.commits, "{after:?}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, egress, eventually};
+use common::{Server, egress};
 
 const INVENTORY: Option<&str> = Some("application/vnd.example/InventoryRequest");
 const BASKET: Option<&str> = Some("application/vnd.example/BasketRequest");
@@ -38,20 +38,14 @@ fn an_idle_timer_survives_kill_9_and_fires_on_time() {
         BASKET,
         r#"{"action":"add","item":"socks","quantity":3}"#,
     );
-    assert!(
-        eventually(Duration::from_secs(10), || stock(&s) == 2),
-        "reserved"
-    );
+    assert!(s.settles(|| stock(&s) == 2), "reserved");
     let (out1, _) = s.kill9();
 
     let s = Server::start(dir.path(), &["--basket-idle-secs", "2"]);
     if added.elapsed() < Duration::from_millis(1500) {
         assert_eq!(stock(&s), 2, "the idle timer must not fire early");
     }
-    assert!(
-        eventually(Duration::from_secs(15), || stock(&s) == 5),
-        "released after restart"
-    );
+    assert!(s.settles(|| stock(&s) == 5), "released after restart");
     assert!(added.elapsed() >= Duration::from_secs(2), "fired early");
     let events: Vec<_> = [out1, s.stdout.clone()].iter().flat_map(egress).collect();
     assert!(
@@ -78,19 +72,19 @@ fn checkout_cancels_the_idle_timer() {
         BASKET,
         r#"{"action":"add","item":"socks","quantity":1}"#,
     );
-    assert!(eventually(Duration::from_secs(10), || stock(&s) == 4));
+    assert!(s.settles(|| stock(&s) == 4));
     post(
         &s,
         "/example/user-basket/bob",
         BASKET,
         r#"{"action":"checkout"}"#,
     );
-    assert!(eventually(Duration::from_secs(10), || {
+    assert!(s.settles(|| {
         egress(&s.stdout)
             .iter()
             .any(|e| e["value"]["event"] == "checked_out")
     }));
-    std::thread::sleep(Duration::from_millis(2500));
+    s.settle();
     assert_eq!(
         stock(&s),
         4,

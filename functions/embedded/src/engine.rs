@@ -38,7 +38,7 @@ use crate::store::{
     self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
     TIMER_TOKENS, TIMERS, TimerEntry,
 };
-use crate::{EgressSink, EmbeddedConfig, EmbeddedError, KeyReused};
+use crate::{EgressSink, EmbeddedConfig, EmbeddedError, KeyReused, Status};
 
 /// The source name of messages accepted by the HTTP ingress.
 pub const HTTP_INGRESS: &str = "ingress/http";
@@ -54,6 +54,7 @@ pub(crate) enum Command {
     Ingress(IngressRequest),
     /// A remote call finished: its outcome is ready to commit.
     RemoteDone,
+    Status(oneshot::Sender<Status>),
     Shutdown,
 }
 
@@ -287,6 +288,17 @@ impl Engine {
         Duration::from_millis(wait.map_or(1_000, |ms| ms.clamp(1, 1_000)))
     }
 
+    fn status(&self) -> Status {
+        Status {
+            queued: self.pending.len(),
+            calling: self.inflight.len(),
+            backing_off: self.retry_at.len(),
+            timers: self.timers.len(),
+            next_timer_due_ms: self.timers.first().map(|(due, _)| *due),
+            commits: self.commits,
+        }
+    }
+
     /// Runs rounds until shut down.
     pub(crate) fn run(mut self) -> Result<(), EmbeddedError> {
         let mut shutting_down = false;
@@ -297,6 +309,9 @@ impl Engine {
                 match self.rx.recv_timeout(self.idle_wait(now)) {
                     Ok(Command::Ingress(req)) => ingress.push(req),
                     Ok(Command::RemoteDone) => {}
+                    Ok(Command::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
                     Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                         shutting_down = true
                     }
@@ -307,6 +322,9 @@ impl Engine {
                 match self.rx.try_recv() {
                     Ok(Command::Ingress(req)) => ingress.push(req),
                     Ok(Command::RemoteDone) => {}
+                    Ok(Command::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
                     Ok(Command::Shutdown) => shutting_down = true,
                     Err(_) => break,
                 }

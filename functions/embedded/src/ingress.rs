@@ -58,6 +58,7 @@ pub fn router(handle: RuntimeHandle) -> Router {
         });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/status", get(get_status))
         .route("/{namespace}/{type}/{id}", instance)
         .fallback(|| async {
             error(
@@ -105,6 +106,14 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Rej
                 .map_err(|_| error(StatusCode::BAD_REQUEST, format!("{name} is not ASCII")))
         })
         .transpose()
+}
+
+async fn get_status(State(handle): State<RuntimeHandle>) -> Result<Response, Rejection> {
+    let status = handle
+        .status()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(axum::Json(status).into_response())
 }
 
 async fn post_message(

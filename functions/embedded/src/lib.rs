@@ -55,6 +55,101 @@ pub enum EmbeddedError {
     KeyReused(#[from] KeyReused),
 }
 
+/// What the engine has in hand: for operators (`GET /status`) and for tests that wait
+/// until the runtime has nothing left to do rather than for a fixed time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Messages accepted and neither applied nor dead-lettered yet.
+    pub queued: usize,
+    /// Remote calls in flight.
+    pub calling: usize,
+    /// Addresses waiting out a retry backoff.
+    pub backing_off: usize,
+    /// Delayed messages not delivered yet.
+    pub timers: usize,
+    /// When the next of them is due, in ms since the epoch.
+    pub next_timer_due_ms: Option<u64>,
+    /// Rounds committed since the runtime started.
+    pub commits: u64,
+}
+
+impl Status {
+    /// Nothing queued, in flight or scheduled: no more work will happen on its own.
+    pub fn idle(&self) -> bool {
+        self.queued == 0 && self.calling == 0 && self.timers == 0
+    }
+}
+
+/// Waiting for a runtime by its work, not by the clock: a test (or a script) polls
+/// [`RuntimeHandle::status`] (or `GET /status`) while its condition does not hold yet,
+/// and gives up only when the runtime is idle for a while (nothing left to do, so the
+/// condition will never hold) or stalled (no progress and no timer to wait for).
+#[derive(Debug, Clone)]
+pub struct Settling {
+    last: Option<Status>,
+    progressed: std::time::Instant,
+    idle_since: Option<std::time::Instant>,
+}
+
+/// What [`Settling::observe`] concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Work remains (or just finished): poll again.
+    Working,
+    /// Idle long enough for every effect of the last round to be observable.
+    Idle,
+    /// Work remains but nothing moved for [`Settling::STALL`] past the next due timer.
+    Stalled,
+}
+
+impl Default for Settling {
+    fn default() -> Self {
+        Settling {
+            last: None,
+            progressed: std::time::Instant::now(),
+            idle_since: None,
+        }
+    }
+}
+
+impl Settling {
+    /// How long an idle runtime is watched before it counts as idle: covers the output
+    /// of its last round reaching a reader (a pipe, a log), even on a loaded machine.
+    pub const IDLE: Duration = Duration::from_secs(3);
+    /// How long nothing may move while work remains: a hang, not a slow machine.
+    pub const STALL: Duration = Duration::from_secs(120);
+
+    /// Takes a status read at `now_ms` (the runtime's clock).
+    pub fn observe(&mut self, status: Status, now_ms: u64) -> Settled {
+        let now = std::time::Instant::now();
+        if self.last != Some(status) {
+            self.last = Some(status);
+            self.progressed = now;
+        }
+        if !status.idle() {
+            self.idle_since = None;
+            let until_due = status
+                .next_timer_due_ms
+                .map_or(0, |due| due.saturating_sub(now_ms));
+            let quiet = self
+                .progressed
+                .elapsed()
+                .saturating_sub(Duration::from_millis(until_due));
+            return if quiet > Self::STALL {
+                Settled::Stalled
+            } else {
+                Settled::Working
+            };
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        if since.elapsed() >= Self::IDLE {
+            Settled::Idle
+        } else {
+            Settled::Working
+        }
+    }
+}
+
 /// An idempotency key sent again for the same target with another message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -274,6 +369,36 @@ impl RuntimeHandle {
             .send(Command::Ingress(request))
             .map_err(|_| EmbeddedError::EngineGone)?;
         Ok(rx.await.map_err(|_| EmbeddedError::EngineGone)??)
+    }
+
+    /// What the engine has in hand right now.
+    pub async fn status(&self) -> Result<Status, EmbeddedError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Status(reply))
+            .map_err(|_| EmbeddedError::EngineGone)?;
+        rx.await.map_err(|_| EmbeddedError::EngineGone)
+    }
+
+    /// Waits until `check` holds, for as long as the runtime works toward it (see
+    /// [`Settling`]); false if it went idle or stalled with `check` still false.
+    pub async fn settles(&self, mut check: impl FnMut() -> bool) -> Result<bool, EmbeddedError> {
+        let mut settling = Settling::default();
+        loop {
+            if check() {
+                return Ok(true);
+            }
+            let status = self.status().await?;
+            if settling.observe(status, self.clock.now_ms()) != Settled::Working {
+                return Ok(check());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the runtime has nothing left to do (or stalled; see [`Settling`]).
+    pub async fn settle(&self) -> Result<(), EmbeddedError> {
+        self.settles(|| false).await.map(drop)
     }
 
     /// The instance's committed state as JSON (see [`statefun_core::view::state_json`]).

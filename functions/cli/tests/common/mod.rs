@@ -9,6 +9,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use statefun_embedded::{Settled, Settling, Status};
+
 /// Lines a child printed, shared with the reader thread.
 pub type Lines = Arc<Mutex<Vec<String>>>;
 
@@ -108,6 +110,36 @@ impl Server {
         http(self.addr, "POST", path, &headers, body)
     }
 
+    /// `GET /status`: what the runtime has in hand.
+    pub fn status(&self) -> Status {
+        let (status, body) = http(self.addr, "GET", "/status", &[], b"").expect("GET /status");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Waits until `check` holds, for as long as the runtime works toward it: false
+    /// once it is idle (or stalled) and `check` still fails. No wall-clock deadline.
+    pub fn settles(&self, mut check: impl FnMut() -> bool) -> bool {
+        let mut settling = Settling::default();
+        loop {
+            if check() {
+                return true;
+            }
+            if settling.observe(self.status(), now_ms()) != Settled::Working {
+                return check();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the runtime has nothing left to do.
+    pub fn settle(&self) {
+        let mut settling = Settling::default();
+        while settling.observe(self.status(), now_ms()) == Settled::Working {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     pub fn get_json(&self, path: &str) -> serde_json::Value {
         let (status, body) = http(self.addr, "GET", path, &[], b"").expect("GET");
         assert_eq!(status, 200, "{body}");
@@ -157,16 +189,10 @@ pub fn http(
     Ok((status, body))
 }
 
-/// Polls `check` until it holds or `within` passes.
-pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    check()
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Egress lines on stdout, parsed.
