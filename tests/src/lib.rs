@@ -69,12 +69,12 @@ impl Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + START_GUARD;
         while !answers(port) {
             if let Ok(Some(status)) = moto.child.try_wait() {
                 panic!("moto_server exited: {status}");
             }
-            assert!(Instant::now() < deadline, "moto_server did not start");
+            assert!(Instant::now() < deadline, "moto_server hangs at start");
             std::thread::sleep(Duration::from_millis(50));
         }
         moto
@@ -87,6 +87,10 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// How long an emulator process that is alive may take to listen: a guard against a
+/// hang, not a speed target (a process that fails exits, and is reported at once).
+const START_GUARD: Duration = Duration::from_secs(300);
 
 /// Where the state table lives in a test: moto (with everything else), or AWS's own
 /// DynamoDB Local (with SQS and SNS still on moto), for fidelity.
@@ -163,7 +167,7 @@ impl DynamoDbLocal {
             url: format!("http://127.0.0.1:{port}"),
         };
         let started = Instant::now();
-        let deadline = started + Duration::from_secs(60);
+        let deadline = started + START_GUARD;
         loop {
             if let Ok(Some(_)) = local.child.try_wait() {
                 // The port was taken: try another.
@@ -174,7 +178,7 @@ impl DynamoDbLocal {
             {
                 return Some(local);
             }
-            assert!(Instant::now() < deadline, "DynamoDB Local did not start");
+            assert!(Instant::now() < deadline, "DynamoDB Local hangs at start");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -341,6 +345,43 @@ impl Aws {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+
+    /// Drains until inbox and delay queue hold nothing at all: no message visible, in
+    /// flight or delayed, so every timer has fired. Bounded by the work, like `drain`.
+    pub async fn settle(&mut self) {
+        loop {
+            self.drain(Duration::from_millis(200)).await;
+            let inbox = self.config.inbox_url.clone();
+            let delay = self.config.delay_url.clone();
+            if self.held(&inbox).await + self.held(&delay).await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Messages a queue holds: visible, in flight and delayed.
+    async fn held(&self, url: &str) -> u64 {
+        use aws_sdk_sqs::types::QueueAttributeName as A;
+        let out = self
+            .clients
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(A::All)
+            .send()
+            .await
+            .expect("queue attributes");
+        let attributes = out.attributes().cloned().unwrap_or_default();
+        [
+            A::ApproximateNumberOfMessages,
+            A::ApproximateNumberOfMessagesNotVisible,
+            A::ApproximateNumberOfMessagesDelayed,
+        ]
+        .iter()
+        .filter_map(|a| attributes.get(a).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
     }
 
     pub async fn state(&self, address: &Address) -> serde_json::Value {
