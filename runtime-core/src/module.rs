@@ -32,6 +32,13 @@
 //!   queueUrl: https://sqs.us-east-1.amazonaws.com/123456789012/greets
 //! ```
 //!
+//! Flink StateFun's own I/O kinds are accepted as they are and validated as StateFun
+//! does: `io.statefun.kafka.v1/ingress` and `/egress`, `io.statefun.kinesis.v1/ingress`
+//! and `/egress`. There is no Kafka or Kinesis here: such an egress is a sink of the
+//! host's (stdout in the embedded runtime; on AWS the SQS queue or SNS topic that
+//! `STATEFUN_EGRESS` gives its id), and such an ingress is reported at start-up with the
+//! ingress of ours that serves its functions instead ([`ExternalIngress::instead`]).
+//!
 //! Every error names the file, the document (from 1) and the field.
 
 use std::time::Duration;
@@ -47,6 +54,10 @@ pub const HTTP_INGRESS_KIND: &str = "io.statefun-lambda.ingress.v1/http";
 pub const SQS_EGRESS_KIND: &str = "io.statefun-lambda.egress.v1/sqs";
 pub const SNS_EGRESS_KIND: &str = "io.statefun-lambda.egress.v1/sns";
 pub const STDOUT_EGRESS_KIND: &str = "io.statefun-lambda.egress.v1/stdout";
+pub const KAFKA_INGRESS_KIND: &str = "io.statefun.kafka.v1/ingress";
+pub const KAFKA_EGRESS_KIND: &str = "io.statefun.kafka.v1/egress";
+pub const KINESIS_INGRESS_KIND: &str = "io.statefun.kinesis.v1/ingress";
+pub const KINESIS_EGRESS_KIND: &str = "io.statefun.kinesis.v1/egress";
 
 /// A module file that cannot be used, and exactly where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,9 +135,73 @@ pub struct SqsIngress {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressTarget {
-    Sqs { queue_url: String },
-    Sns { topic_arn: String },
+    Sqs {
+        queue_url: String,
+    },
+    Sns {
+        topic_arn: String,
+    },
     Stdout,
+    /// A Flink Kafka or Kinesis egress (its kind): the host gives it a sink of its own.
+    External {
+        kind: &'static str,
+    },
+}
+
+/// A Flink Kafka or Kinesis ingress: validated, not read (there is no Kafka or Kinesis
+/// here). Its records reach their functions through one of our ingresses instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIngress {
+    pub kind: &'static str,
+    pub id: TypeName,
+    /// Topics or streams, each with the type of its records and the functions they go to.
+    pub sources: Vec<ExternalSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalSource {
+    /// The topic or stream name.
+    pub name: String,
+    pub value_type: TypeName,
+    pub targets: Vec<TypeName>,
+}
+
+impl ExternalIngress {
+    /// What to say at start-up: which of our ingresses serves these functions instead.
+    pub fn instead(&self, host: IngressHost) -> String {
+        let routes: Vec<String> = self
+            .sources
+            .iter()
+            .map(|s| {
+                let targets: Vec<&str> = s.targets.iter().map(TypeName::as_str).collect();
+                format!("{} ({}) -> {}", s.name, s.value_type, targets.join(", "))
+            })
+            .collect();
+        let instead = match host {
+            IngressHost::Embedded => {
+                "POST each record to the HTTP ingress, /{namespace}/{type}/{id} with \
+                 Content-Type: application/vnd.<valueType>"
+            }
+            IngressHost::Aws => {
+                "route these records through an SQS queue declared with kind \
+                 io.statefun-lambda.ingress.v1/sqs (same valueType and targets), or the \
+                 HTTP ingress Lambda"
+            }
+        };
+        format!(
+            "{} {} is not read here ({}); {instead}",
+            self.kind,
+            self.id,
+            routes.join("; ")
+        )
+    }
+}
+
+/// Which host is reading the module, for [`ExternalIngress::instead`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressHost {
+    Embedded,
+    Aws,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +218,8 @@ pub struct Module {
     /// Function types the HTTP ingress exposes; `None`: no declaration.
     pub http_ingress: Option<Vec<FunctionPattern>>,
     pub egresses: Vec<Egress>,
+    /// Flink Kafka and Kinesis ingresses, validated and reported, not read.
+    pub external_ingresses: Vec<ExternalIngress>,
 }
 
 impl Module {
@@ -193,12 +270,25 @@ impl Module {
                 SQS_EGRESS_KIND | SNS_EGRESS_KIND | STDOUT_EGRESS_KIND => {
                     module.egresses.push(at.egress(&kind, spec)?)
                 }
+                KAFKA_INGRESS_KIND => module
+                    .external_ingresses
+                    .push(at.external_ingress(KAFKA_INGRESS_KIND, spec)?),
+                KINESIS_INGRESS_KIND => module
+                    .external_ingresses
+                    .push(at.external_ingress(KINESIS_INGRESS_KIND, spec)?),
+                KAFKA_EGRESS_KIND => module
+                    .egresses
+                    .push(at.external_egress(KAFKA_EGRESS_KIND, spec)?),
+                KINESIS_EGRESS_KIND => module
+                    .egresses
+                    .push(at.external_egress(KINESIS_EGRESS_KIND, spec)?),
                 other => {
                     return Err(at.error(
                         "kind",
                         format!(
                             "unknown kind {other:?}; known: {ENDPOINT_KIND}, {SQS_INGRESS_KIND}, {HTTP_INGRESS_KIND}, \
-                             {SQS_EGRESS_KIND}, {SNS_EGRESS_KIND}, {STDOUT_EGRESS_KIND}"
+                             {SQS_EGRESS_KIND}, {SNS_EGRESS_KIND}, {STDOUT_EGRESS_KIND}, {KAFKA_INGRESS_KIND}, \
+                             {KAFKA_EGRESS_KIND}, {KINESIS_INGRESS_KIND}, {KINESIS_EGRESS_KIND}"
                         ),
                     ));
                 }
@@ -449,6 +539,142 @@ impl Doc<'_> {
             .collect()
     }
 
+    fn spec_string(&self, spec: &Json, path: &str) -> Result<String, ModuleError> {
+        match field(spec, path) {
+            Some(Json::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
+            Some(other) => Err(self.error(path, format!("expected a string, got {other}"))),
+            None => Err(self.error(path, "missing")),
+        }
+    }
+
+    fn spec_id(&self, spec: &Json) -> Result<TypeName, ModuleError> {
+        match spec.get("id") {
+            Some(v) => self.typename(v, "spec.id"),
+            None => Err(self.error("spec.id", "missing")),
+        }
+    }
+
+    /// An optional `{type: …}` object whose type is one of `known`.
+    fn one_of(&self, spec: &Json, path: &str, known: &[&str]) -> Result<(), ModuleError> {
+        match field(spec, path) {
+            None => Ok(()),
+            Some(Json::String(t)) if known.contains(&t.as_str()) => Ok(()),
+            Some(other) => {
+                Err(self.error(path, format!("{other} is not one of {}", known.join(", "))))
+            }
+        }
+    }
+
+    /// `io.statefun.kafka.v1/ingress` (`address`, `topics`) or
+    /// `io.statefun.kinesis.v1/ingress` (`streams`), as StateFun validates them.
+    fn external_ingress(
+        &self,
+        kind: &'static str,
+        spec: &Json,
+    ) -> Result<ExternalIngress, ModuleError> {
+        let id = self.spec_id(spec)?;
+        let (list, name) = if kind == KAFKA_INGRESS_KIND {
+            self.spec_string(spec, "spec.address")?;
+            self.one_of(
+                spec,
+                "spec.startupPosition.type",
+                &[
+                    "earliest",
+                    "latest",
+                    "group-offsets",
+                    "specific-offsets",
+                    "date",
+                ],
+            )?;
+            ("topics", "topic")
+        } else {
+            self.one_of(
+                spec,
+                "spec.awsRegion.type",
+                &["default", "specific", "custom-endpoint"],
+            )?;
+            self.one_of(
+                spec,
+                "spec.startupPosition.type",
+                &["earliest", "latest", "date"],
+            )?;
+            ("streams", "stream")
+        };
+        let path = format!("spec.{list}");
+        let Some(Json::Array(items)) = field(spec, &path) else {
+            return Err(self.error(&path, format!("expected a non-empty list of {list}")));
+        };
+        if items.is_empty() {
+            return Err(self.error(&path, format!("expected a non-empty list of {list}")));
+        }
+        let sources = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = format!("{path}[{i}]");
+                let name = match item.get(name) {
+                    Some(Json::String(n)) if !n.is_empty() => n.clone(),
+                    _ => return Err(self.error(&format!("{at}.{name}"), "missing")),
+                };
+                let value_type = match item.get("valueType") {
+                    Some(v) => self.typename(v, &format!("{at}.valueType"))?,
+                    None => return Err(self.error(&format!("{at}.valueType"), "missing")),
+                };
+                let targets = match item.get("targets") {
+                    Some(Json::Array(ts)) if !ts.is_empty() => ts
+                        .iter()
+                        .enumerate()
+                        .map(|(j, t)| self.typename(t, &format!("{at}.targets[{j}]")))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    _ => {
+                        return Err(self.error(
+                            &format!("{at}.targets"),
+                            "expected a non-empty list of function types",
+                        ));
+                    }
+                };
+                Ok(ExternalSource {
+                    name,
+                    value_type,
+                    targets,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ExternalIngress { kind, id, sources })
+    }
+
+    /// `io.statefun.kafka.v1/egress` (`address`, `deliverySemantic`) or
+    /// `io.statefun.kinesis.v1/egress`, as StateFun validates them.
+    fn external_egress(&self, kind: &'static str, spec: &Json) -> Result<Egress, ModuleError> {
+        let id = self.spec_id(spec)?;
+        if kind == KAFKA_EGRESS_KIND {
+            self.spec_string(spec, "spec.address")?;
+            self.one_of(
+                spec,
+                "spec.deliverySemantic.type",
+                &["at-least-once", "exactly-once", "none"],
+            )?;
+        } else {
+            self.one_of(
+                spec,
+                "spec.awsRegion.type",
+                &["default", "specific", "custom-endpoint"],
+            )?;
+            if let Some(n) = field(spec, "spec.maxOutstandingRecords")
+                && n.as_u64().is_none_or(|n| n == 0)
+            {
+                return Err(self.error(
+                    "spec.maxOutstandingRecords",
+                    format!("expected a positive number, got {n}"),
+                ));
+            }
+        }
+        Ok(Egress {
+            id,
+            target: EgressTarget::External { kind },
+        })
+    }
+
     fn egress(&self, kind: &str, spec: &Json) -> Result<Egress, ModuleError> {
         let id = match spec.get("id") {
             Some(v) => self.typename(v, "spec.id")?,
@@ -629,6 +855,134 @@ spec:
             "{}",
             error("kind: [unclosed")
         );
+    }
+
+    /// A StateFun application's module as Flink runs it (the shape statefun-tasks and the
+    /// StateFun docs use): endpoint, Kafka ingress and egress, Kinesis ingress and egress.
+    const FLINK_IO: &str = r#"
+kind: io.statefun.endpoints.v2/http
+spec:
+  functions: tasks/*
+  urlPathTemplate: http://worker:8085/statefun
+---
+kind: io.statefun.kafka.v1/ingress
+spec:
+  id: tasks/ingress
+  address: kafka:9092
+  consumerGroupId: tasks
+  startupPosition:
+    type: earliest
+  topics:
+    - topic: statefun.tasks.requests
+      valueType: io.statefun_tasks.types/statefun_tasks.TaskRequest
+      targets:
+        - tasks/worker
+---
+kind: io.statefun.kafka.v1/egress
+spec:
+  id: tasks/kafka-generic-egress
+  address: kafka:9092
+  deliverySemantic:
+    type: exactly-once
+    transactionTimeout: 15min
+---
+kind: io.statefun.kinesis.v1/ingress
+spec:
+  id: tasks/events
+  awsRegion:
+    type: specific
+    id: us-west-1
+  streams:
+    - stream: events
+      valueType: tasks/Event
+      targets: [tasks/worker, tasks/audit]
+---
+kind: io.statefun.kinesis.v1/egress
+spec:
+  id: tasks/kinesis-out
+  maxOutstandingRecords: 9999
+"#;
+
+    #[test]
+    fn flink_kafka_and_kinesis_kinds_are_accepted_and_reported() {
+        let m = Module::parse("module.yaml", FLINK_IO).expect("valid");
+        assert_eq!(m.external_ingresses.len(), 2);
+        let kafka = &m.external_ingresses[0];
+        assert_eq!(kafka.id.as_str(), "tasks/ingress");
+        assert_eq!(kafka.sources[0].name, "statefun.tasks.requests");
+        assert_eq!(
+            kafka.sources[0].targets,
+            vec![TypeName::from_static("tasks/worker")]
+        );
+        let said = kafka.instead(IngressHost::Embedded);
+        assert!(
+            said.contains("io.statefun.kafka.v1/ingress tasks/ingress is not read here")
+                && said.contains("HTTP ingress"),
+            "{said}"
+        );
+        assert!(
+            m.external_ingresses[1]
+                .instead(IngressHost::Aws)
+                .contains("io.statefun-lambda.ingress.v1/sqs")
+        );
+        assert_eq!(
+            m.egresses
+                .iter()
+                .map(|e| (e.id.as_str(), e.target.clone()))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    "tasks/kafka-generic-egress",
+                    EgressTarget::External {
+                        kind: KAFKA_EGRESS_KIND
+                    }
+                ),
+                (
+                    "tasks/kinesis-out",
+                    EgressTarget::External {
+                        kind: KINESIS_EGRESS_KIND
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn flink_io_kinds_are_validated_with_file_document_and_field() {
+        let cases = [
+            (
+                "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: a/b\n  topics: []\n",
+                "m.yaml: document 1: spec.address: missing",
+            ),
+            (
+                "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: a/b\n  address: k:9092\n  topics: []\n",
+                "m.yaml: document 1: spec.topics: expected a non-empty list of topics",
+            ),
+            (
+                "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: a/b\n  address: k:9092\n  topics:\n    - topic: t\n      valueType: a/T\n",
+                "m.yaml: document 1: spec.topics[0].targets: expected a non-empty list of function types",
+            ),
+            (
+                "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: nons\n  address: k:9092\n",
+                "m.yaml: document 1: spec.id: invalid type name",
+            ),
+            (
+                "kind: io.statefun.kafka.v1/egress\nspec:\n  id: a/b\n  address: k:9092\n  deliverySemantic:\n    type: twice\n",
+                "m.yaml: document 1: spec.deliverySemantic.type: \"twice\" is not one of at-least-once, exactly-once, none",
+            ),
+            (
+                "kind: io.statefun.kinesis.v1/ingress\nspec:\n  id: a/b\n  streams:\n    - valueType: a/T\n      targets: [a/f]\n",
+                "m.yaml: document 1: spec.streams[0].stream: missing",
+            ),
+            (
+                "kind: io.statefun.kinesis.v1/egress\nspec:\n  id: a/b\n  maxOutstandingRecords: 0\n",
+                "m.yaml: document 1: spec.maxOutstandingRecords: expected a positive number, got 0",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = error(text);
+            assert!(e.starts_with(expected), "{text}\n  gave: {e}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The JSON view of an instance's state, shared by every host's "show me the state"
-//! command: built-in types decoded, JSON values inline, anything else base64.
+//! command: built-in types decoded, JSON values inline, anything else base64
+//! ([`put_bytes`] is the one rule).
 
 use base64::Engine;
 use serde_json::{Map, Value as Json, json};
@@ -9,33 +10,40 @@ use crate::typename::Address;
 use crate::value::TypedValue;
 use crate::{builtin, protocol};
 
-/// Bytes as JSON if they are JSON, else as a UTF-8 string, else base64.
-fn bytes_json(bytes: &[u8]) -> Json {
-    if let Ok(v) = serde_json::from_slice::<Json>(bytes) {
-        return v;
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(s) => Json::from(s),
-        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
-    }
+/// The one rule for bytes of no built-in type, at every level: JSON text inline as
+/// `value`, anything else (text that is not JSON, protobuf, binary) as `value_base64`.
+/// So the bytes are always recoverable, and a consumer never has to guess.
+fn put_bytes(out: &mut Map<String, Json>, bytes: &[u8]) {
+    match serde_json::from_slice::<Json>(bytes) {
+        Ok(v) => out.insert("value".into(), v),
+        Err(_) => out.insert(
+            "value_base64".into(),
+            Json::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
 }
 
-/// The SDKs' Kafka and Kinesis egress records, decoded.
+/// The SDKs' Kafka and Kinesis egress records, decoded; their values by [`put_bytes`].
 fn egress_record_json(typename: &str, bytes: &[u8]) -> Option<Json> {
     use prost::Message;
-    match typename {
+    let mut out = Map::new();
+    let value = match typename {
         protocol::KAFKA_PRODUCER_RECORD => {
             let r = protocol::KafkaProducerRecord::decode(bytes).ok()?;
-            Some(json!({"topic": r.topic, "key": r.key, "value": bytes_json(&r.value_bytes)}))
+            out.insert("topic".into(), Json::from(r.topic));
+            out.insert("key".into(), Json::from(r.key));
+            r.value_bytes
         }
         protocol::KINESIS_EGRESS_RECORD => {
             let r = protocol::KinesisEgressRecord::decode(bytes).ok()?;
-            Some(
-                json!({"stream": r.stream, "partition_key": r.partition_key, "value": bytes_json(&r.value_bytes)}),
-            )
+            out.insert("stream".into(), Json::from(r.stream));
+            out.insert("partition_key".into(), Json::from(r.partition_key));
+            r.value_bytes
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    put_bytes(&mut out, &value);
+    Some(Json::Object(out))
 }
 
 fn value_json(value: &TypedValue) -> Map<String, Json> {
@@ -47,16 +55,14 @@ fn value_json(value: &TypedValue) -> Map<String, Json> {
     };
     let decoded = match builtin::to_json(&value.typename, bytes) {
         Some(r) => r.ok(),
-        None => egress_record_json(value.typename.as_str(), bytes)
-            .or_else(|| serde_json::from_slice::<Json>(bytes).ok()),
+        None => egress_record_json(value.typename.as_str(), bytes),
     };
     match decoded {
-        Some(v) => out.insert("value".into(), v),
-        None => out.insert(
-            "value_base64".into(),
-            Json::from(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
-    };
+        Some(v) => {
+            out.insert("value".into(), v);
+        }
+        None => put_bytes(&mut out, bytes),
+    }
     out
 }
 
@@ -87,4 +93,52 @@ pub fn egress_json(record: &crate::EgressRecord) -> Json {
     v.insert("egress".into(), Json::from(record.egress.as_str()));
     v.insert("id".into(), Json::from(record.id.as_str()));
     Json::Object(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::typename::TypeName;
+    use prost::Message;
+
+    fn kafka(value: &[u8]) -> Json {
+        let record = protocol::KafkaProducerRecord {
+            key: "Bob".into(),
+            value_bytes: value.to_vec(),
+            topic: "greetings".into(),
+        };
+        let typed = TypedValue {
+            typename: TypeName::parse(protocol::KAFKA_PRODUCER_RECORD).expect("type name"),
+            value: Some(record.encode_to_vec()),
+        };
+        Json::Object(value_json(&typed))["value"].clone()
+    }
+
+    fn decoded(b64: &Json) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("a string"))
+            .expect("base64")
+    }
+
+    #[test]
+    fn egress_bytes_follow_one_rule_json_inline_else_base64_at_every_level() {
+        let json = kafka(br#"{"greeting":"Hi"}"#);
+        assert_eq!(json["value"], json!({"greeting": "Hi"}));
+        assert_eq!(
+            (json["topic"].clone(), json["key"].clone()),
+            (json!("greetings"), json!("Bob"))
+        );
+        // Text that is not JSON, and a protobuf that happens to be valid UTF-8 (control
+        // characters and all), are base64: the exact bytes come back.
+        for bytes in [&b"Hi Bob, first visit"[..], &b"\x0a\x03Bob\x12\x01\x7f"[..]] {
+            let v = kafka(bytes);
+            assert!(v.get("value").is_none(), "{v}");
+            assert_eq!(decoded(&v["value_base64"]), bytes);
+        }
+        let top = value_json(&TypedValue {
+            typename: TypeName::from_static("app/Proto"),
+            value: Some(b"\x0a\x03Bob".to_vec()),
+        });
+        assert_eq!(decoded(&top["value_base64"]), b"\x0a\x03Bob");
+    }
 }

@@ -697,7 +697,7 @@ fn api_request(
 async fn http_ingress_lambda_contract(dynamo: Dynamo) {
     let mut aws = Aws::start(dynamo, examples(), &[], &[]).await;
     let module = statefun_core::module::Module::parse("module.yaml", "kind: io.statefun-lambda.ingress.v1/http\nspec:\n  functions: [example/counter, example/person]\n").expect("module");
-    let config = aws.config.clone().with_module(module);
+    let config = aws.config.clone().with_module(module).expect("config");
     aws.handlers = Arc::new(statefun_aws::app::Handlers::new(
         &config,
         &aws.clients,

@@ -197,7 +197,7 @@ impl AwsConfig {
             Some(spec) if !spec.trim().is_empty() => routes(&spec)?,
             _ => Vec::new(),
         };
-        Ok(AwsConfig {
+        AwsConfig {
             table: required(&lookup, "STATEFUN_STATE_TABLE")?,
             inbox_url: required(&lookup, "STATEFUN_INBOX_QUEUE_URL")?,
             delay_url: required(&lookup, "STATEFUN_DELAY_QUEUE_URL")?,
@@ -214,11 +214,13 @@ impl AwsConfig {
             )?),
             module: Module::default(),
         }
-        .with_module(module))
+        .with_module(module)
     }
 
-    /// Adds a module: its egresses and SQS ingresses join the configured ones.
-    pub fn with_module(mut self, module: Module) -> Self {
+    /// Adds a module: its egresses and SQS ingresses join the configured ones. A Flink
+    /// Kafka or Kinesis egress must be given its SQS queue or SNS topic in
+    /// `STATEFUN_EGRESS` (the one place egress targets are set on AWS).
+    pub fn with_module(mut self, module: Module) -> Result<Self, ConfigError> {
         for e in &module.egresses {
             let target = match &e.target {
                 module::EgressTarget::Sqs { queue_url } => EgressTarget::Sqs {
@@ -228,6 +230,19 @@ impl AwsConfig {
                     topic_arn: topic_arn.clone(),
                 },
                 module::EgressTarget::Stdout => continue,
+                module::EgressTarget::External { kind } => {
+                    if self.egress.contains_key(&e.id) {
+                        continue;
+                    }
+                    return Err(ConfigError {
+                        variable: "STATEFUN_EGRESS",
+                        reason: format!(
+                            "the module declares egress {id} ({kind}), which has no sink here: \
+                             add {id}=sqs:<queue url> or {id}=sns:<topic arn>",
+                            id = e.id
+                        ),
+                    });
+                }
             };
             self.egress.insert(e.id.clone(), target);
         }
@@ -259,7 +274,7 @@ impl AwsConfig {
             }
         }
         self.module = module;
-        self
+        Ok(self)
     }
 }
 
@@ -282,6 +297,38 @@ mod tests {
             map.insert(k.to_string(), v.to_string());
         }
         move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn a_flink_egress_takes_its_sink_from_statefun_egress_or_fails_the_start() {
+        let dir = std::env::temp_dir().join(format!("statefun-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("module.yaml");
+        std::fs::write(
+            &path,
+            "kind: io.statefun.kafka.v1/egress\nspec:\n  id: tasks/out\n  address: kafka:9092\n",
+        )
+        .expect("write");
+        let module = path.to_str().expect("utf-8 path");
+        let e = AwsConfig::from_lookup(vars(&[("STATEFUN_MODULE", module)])).expect_err("no sink");
+        assert!(
+            e.to_string().contains(
+                "STATEFUN_EGRESS: the module declares egress tasks/out (io.statefun.kafka.v1/egress)"
+            ),
+            "{e}"
+        );
+        let c = AwsConfig::from_lookup(vars(&[
+            ("STATEFUN_MODULE", module),
+            ("STATEFUN_EGRESS", "tasks/out=sqs:http://q/out"),
+        ]))
+        .expect("configured");
+        assert_eq!(
+            c.egress[&TypeName::from_static("tasks/out")],
+            EgressTarget::Sqs {
+                queue_url: "http://q/out".into()
+            }
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use statefun_aws::app::{Handlers, clients, sdk_config};
 use statefun_aws::config::AwsConfig;
+use statefun_core::module::IngressHost;
 use statefun_core::ports::SystemClock;
 
 /// The module.yaml shipped inside the binaries (the repository root's), used unless
@@ -23,7 +24,10 @@ pub async fn cold_start() -> Result<Arc<Handlers>, lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let mut config = AwsConfig::from_env()?;
     if std::env::var_os("STATEFUN_MODULE").is_none() {
-        config = config.with_module(bundled_module()?);
+        config = config.with_module(bundled_module()?)?;
+    }
+    for ingress in &config.module.external_ingresses {
+        tracing::warn!("{}", ingress.instead(IngressHost::Aws));
     }
     let registry = statefun_examples::registry(statefun_examples::ExamplesConfig::default())?;
     let sdk = sdk_config(None, false).await;

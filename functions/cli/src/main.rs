@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use statefun_embedded::{EmbeddedConfig, Runtime, StdoutEgress};
 use statefun_examples::ExamplesConfig;
-use tracing::info;
+use tracing::{info, warn};
 
 // The runtime allocates per message; mimalloc keeps that cheap and flat under load.
 #[global_allocator]
@@ -194,6 +194,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             if egress.target != statefun_core::module::EgressTarget::Stdout {
                 info!(egress = %egress.id, "egress records go to stdout in the embedded runtime");
             }
+        }
+        for ingress in &module.external_ingresses {
+            warn!(
+                "{}",
+                ingress.instead(statefun_core::module::IngressHost::Embedded)
+            );
         }
         info!(
             endpoints = module.endpoints.len(),

@@ -275,3 +275,30 @@ fn status_tells_waiters_when_nothing_is_left_to_do() {
     let after = s.status();
     assert!(after.idle() && after.commits > before.commits, "{after:?}");
 }
+
+#[test]
+fn a_flink_module_with_kafka_and_kinesis_kinds_starts_and_says_what_serves_its_ingress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = dir.path().join("module.yaml");
+    std::fs::write(
+        &module,
+        "kind: io.statefun.kafka.v1/ingress\nspec:\n  id: tasks/in\n  address: kafka:9092\n  \
+         topics:\n    - topic: requests\n      valueType: io.statefun.types/long\n      \
+         targets: [example/counter]\n---\nkind: io.statefun.kafka.v1/egress\nspec:\n  \
+         id: example/greets\n  address: kafka:9092\n",
+    )
+    .expect("write module");
+    let module = module.to_str().expect("utf-8 path");
+    let s = Server::start(&dir.path().join("data"), &["--module", module]);
+    let said = s.stderr.lock().expect("lines").join("\n");
+    assert!(
+        said.contains("io.statefun.kafka.v1/ingress tasks/in is not read here")
+            && said.contains("POST each record to the HTTP ingress"),
+        "{said}"
+    );
+    let (status, body) = s
+        .post("/example/counter/kafka", LONG, None, b"2")
+        .expect("post");
+    assert_eq!(status, 202, "{body}");
+    assert!(s.settles(|| { s.get_json("/example/counter/kafka")["state"]["count"]["value"] == 2 }));
+}
