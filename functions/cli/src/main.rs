@@ -257,9 +257,24 @@ async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The deployment's configuration as the Lambdas see it: resolved queue URLs, and the
+/// module in STATEFUN_MODULE, else the bundled one (remote functions, SQS ingresses,
+/// egresses).
+async fn aws_config(
+    clients: &statefun_aws::transport::Clients,
+    prefix: &str,
+) -> anyhow::Result<statefun_aws::config::AwsConfig> {
+    let config = statefun_aws::local::resolve(clients, prefix, env_var).await?;
+    Ok(if env_var("STATEFUN_MODULE").is_none() {
+        config.with_module(statefun_lambda::lambda::bundled_module()?)?
+    } else {
+        config
+    })
+}
+
 async fn poll(args: PollArgs) -> anyhow::Result<()> {
     let clients = aws_clients(&args.aws).await;
-    let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
+    let config = aws_config(&clients, &args.aws.prefix).await?;
     let registry = statefun_examples::registry(ExamplesConfig::default())?;
     let remote = statefun_aws::app::remote_functions(&config)?;
     let handlers = std::sync::Arc::new(statefun_aws::app::Handlers::with_remote(
@@ -318,11 +333,13 @@ fn address(function_type: &str, id: &str) -> anyhow::Result<statefun_core::Addre
 
 async fn send(args: SendArgs) -> anyhow::Result<()> {
     let clients = aws_clients(&args.aws).await;
-    let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
+    let config = aws_config(&clients, &args.aws.prefix).await?;
     let target = address(&args.function_type, &args.id)?;
     anyhow::ensure!(
-        statefun_examples::registry(ExamplesConfig::default())?.contains(&target.function_type),
-        "no function is registered for type {}",
+        statefun_examples::registry(ExamplesConfig::default())?.contains(&target.function_type)
+            || config.module.endpoint(&target.function_type).is_some(),
+        "no function is registered for type {} (neither compiled in nor a remote function \
+         of the module: STATEFUN_MODULE or the bundled module.yaml)",
         target.function_type
     );
     let typename = statefun_core::TypeName::parse(args.typename)?;
@@ -353,7 +370,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
 async fn state(args: StateArgs) -> anyhow::Result<()> {
     use statefun_core::ports::Clock;
     let clients = aws_clients(&args.aws).await;
-    let config = statefun_aws::local::resolve(&clients, &args.aws.prefix, env_var).await?;
+    let config = aws_config(&clients, &args.aws.prefix).await?;
     let target = address(&args.function_type, &args.id)?;
     let now = statefun_core::ports::SystemClock.now_ms();
     println!(

@@ -51,6 +51,33 @@ fn provision_send_poll_and_state_work_against_an_emulator() {
             "{out}"
         );
     }
+    // A remote function declared in the module (not compiled in) is known to `send`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = dir.path().join("module.yaml");
+    std::fs::write(
+        &module,
+        "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: acme/*\n  \
+         urlPathTemplate: http://127.0.0.1:9/statefun\n",
+    )
+    .expect("write module");
+    let out = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+        .args(["send", "acme/orders", "o-1", "{}", "--key", "remote"])
+        .args(["--prefix", "cli", "--endpoint-url", &moto.url])
+        .env("STATEFUN_MODULE", &module)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .expect("run statefun-lambda");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"message_id\":\"cli:remote\""));
+    let (ok, _, err) = cli(&moto.url, &["send", "acme/orders", "o-1", "{}"]);
+    assert!(
+        !ok && err.contains("no function is registered for type acme/orders"),
+        "without the module it is unknown: {err}"
+    );
     let (ok, _, err) = cli(&moto.url, &["send", "example/nope", "x", "hi"]);
     assert!(
         !ok && err.contains("no function is registered for type example/nope"),
