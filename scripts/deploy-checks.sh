@@ -17,7 +17,7 @@ echo "== sam validate --lint"
 SAM_CLI_TELEMETRY=0 sam validate --lint -t template.yaml
 echo "== cfn-lint"
 cfn-lint template.yaml
-echo "== cargo lambda build --release (x86_64)"
-cargo lambda build --release --x86-64 -p statefun-lambda \
-  --bin dispatcher --bin timer-forwarder --bin sqs-ingress --bin http-ingress
-ls -l target/lambda/*/bootstrap
+echo "== cargo lambda build --release (x86_64), as sam build runs it for every function"
+# One binary for every role; [package.metadata.lambda.build] turns on its aws feature.
+cargo lambda build --release --x86-64 --bin statefun-lambda
+ls -l target/lambda/statefun-lambda/bootstrap

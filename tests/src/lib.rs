@@ -18,6 +18,9 @@ use statefun_aws::transport::Clients;
 use statefun_core::ports::{Clock, SystemClock};
 use statefun_core::{Address, Envelope, MessageId, Registry, TypedValue};
 
+mod lambda_api;
+pub use lambda_api::LambdaRuntimeApi;
+
 /// A moto server process.
 #[derive(Debug)]
 pub struct Moto {
@@ -565,4 +568,29 @@ spec:
   urlPathTemplate: http://127.0.0.1:{port}/raw/{{function.name}}
 "#
     )
+}
+
+/// An API Gateway HTTP API (payload 2.0) request as JSON, as Lambda hands it to the HTTP
+/// ingress.
+pub fn api_gateway_request(
+    method: &str,
+    path: (&str, &str, &str),
+    headers: &[(&str, &str)],
+    body: &str,
+    base64: bool,
+) -> serde_json::Value {
+    let headers: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "POST /{namespace}/{type}/{id}",
+        "rawPath": format!("/{}/{}/{}", path.0, path.1, path.2),
+        "headers": headers,
+        "pathParameters": {"namespace": path.0, "type": path.1, "id": path.2},
+        "requestContext": {"requestId": format!("req-{}-{}", path.2, body.len()), "http": {"method": method, "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"}},
+        "body": body,
+        "isBase64Encoded": base64,
+    })
 }

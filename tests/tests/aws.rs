@@ -677,20 +677,9 @@ fn api_request(
     body: &str,
     base64: bool,
 ) -> aws_lambda_events::event::apigw::ApiGatewayV2httpRequest {
-    let headers: serde_json::Map<String, serde_json::Value> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "version": "2.0",
-        "routeKey": "POST /{namespace}/{type}/{id}",
-        "rawPath": format!("/{}/{}/{}", path.0, path.1, path.2),
-        "headers": headers,
-        "pathParameters": {"namespace": path.0, "type": path.1, "id": path.2},
-        "requestContext": {"requestId": format!("req-{}-{}", path.2, body.len()), "http": {"method": method, "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"}},
-        "body": body,
-        "isBase64Encoded": base64,
-    }))
+    serde_json::from_value(statefun_e2e::api_gateway_request(
+        method, path, headers, body, base64,
+    ))
     .expect("API Gateway event")
 }
 

@@ -99,10 +99,10 @@ fn functions_build_with_cargo_lambda_and_report_partial_batch_failures() {
     let t = template();
     assert_eq!(t["Globals"]["Function"]["Runtime"], "provided.al2023");
     assert_eq!(t["Parameters"]["Architecture"]["Default"], "arm64");
-    let cli = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions/cli/Cargo.toml"),
+    let app = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../functions/examples/Cargo.toml"),
     )
-    .expect("cli manifest");
+    .expect("examples manifest");
     let timeout = t["Globals"]["Function"]["Timeout"]
         .as_u64()
         .expect("timeout");
@@ -115,8 +115,17 @@ fn functions_build_with_cargo_lambda_and_report_partial_batch_failures() {
             .as_str()
             .expect("binary");
         assert!(
-            cli.contains(&format!("name = \"{binary}\"")),
-            "{name}: no binary {binary} in functions/cli"
+            app.contains(&format!("name = \"{binary}\"")),
+            "{name}: no binary {binary} in functions/examples"
+        );
+        let role = f["Properties"]["Environment"]["Variables"]["STATEFUN_ROLE"]
+            .as_str()
+            .expect("STATEFUN_ROLE");
+        let role: statefun_aws::app::Role = role.parse().expect("a role");
+        assert_eq!(
+            f["Properties"]["FunctionName"]["Fn::Sub"],
+            format!("${{Prefix}}-{}", role.name()),
+            "{name}: the function is named after its role"
         );
         for (event, e) in f["Properties"]["Events"].as_object().expect("events") {
             if e["Type"] != "SQS" {

@@ -73,7 +73,152 @@ pub fn remote_functions(
     Ok(Some(Arc::new(HttpFunctions::new(config.module.clone())?)))
 }
 
-/// The three handlers, each with its own request accounting.
+/// What one deployed Lambda is: `template.yaml` sets it in `STATEFUN_ROLE`, and the
+/// Lambda builds only that handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Dispatcher,
+    TimerForwarder,
+    SqsIngress,
+    HttpIngress,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Dispatcher,
+        Role::TimerForwarder,
+        Role::SqsIngress,
+        Role::HttpIngress,
+    ];
+
+    /// The name `STATEFUN_ROLE` takes (and the template's function names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Dispatcher => "dispatcher",
+            Role::TimerForwarder => "timer-forwarder",
+            Role::SqsIngress => "sqs-ingress",
+            Role::HttpIngress => "http-ingress",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name() == s.trim())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+                format!("{s:?} is not a role; one of {}", names.join(", "))
+            })
+    }
+}
+
+/// What every handler is built from: configuration, clients, functions and clock.
+#[derive(Clone)]
+pub struct Parts<'a> {
+    pub config: &'a AwsConfig,
+    pub clients: &'a Clients,
+    pub registry: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    pub remote: Option<Arc<HttpFunctions>>,
+}
+
+impl std::fmt::Debug for Parts<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts").finish_non_exhaustive()
+    }
+}
+
+impl Parts<'_> {
+    fn transport(&self, metrics: &Arc<Metrics>) -> SqsTransport {
+        SqsTransport::new(
+            self.clients.clone(),
+            self.config.inbox_url.clone(),
+            self.config.delay_url.clone(),
+            self.config.egress.clone(),
+            self.config.max_delay_hop,
+            self.clock.clone(),
+            metrics.clone(),
+        )
+    }
+
+    fn dead_letters(&self, metrics: &Arc<Metrics>) -> DeadLetters {
+        DeadLetters::new(
+            self.clients.sqs.clone(),
+            self.config.dlq_url.clone(),
+            metrics.clone(),
+        )
+    }
+
+    fn store(&self, metrics: &Arc<Metrics>) -> DynamoStore {
+        DynamoStore::new(
+            self.clients.dynamodb.clone(),
+            self.config.table.clone(),
+            metrics.clone(),
+            self.clock.clone(),
+        )
+    }
+
+    /// The dispatcher, with its own request accounting (as every handler below).
+    pub fn dispatcher(&self) -> Dispatcher {
+        let metrics = Arc::new(Metrics::default());
+        let settings = DispatcherSettings {
+            batch: batch_config(self.config),
+            conflict_retries: self.config.conflict_retries,
+        };
+        Dispatcher::new(
+            self.registry.clone(),
+            self.store(&metrics),
+            self.transport(&metrics),
+            self.dead_letters(&metrics),
+            settings,
+            self.clock.clone(),
+            metrics,
+        )
+        .with_remote(self.remote.clone())
+    }
+
+    pub fn forwarder(&self) -> TimerForwarder {
+        let metrics = Arc::new(Metrics::default());
+        TimerForwarder::new(
+            self.store(&metrics),
+            self.transport(&metrics),
+            self.dead_letters(&metrics),
+            self.clock.clone(),
+            metrics,
+        )
+    }
+
+    pub fn sqs_ingress(&self) -> SqsIngress {
+        let metrics = Arc::new(Metrics::default());
+        SqsIngress::new(
+            self.config.ingress_routes.clone(),
+            self.registry.clone(),
+            self.transport(&metrics),
+            self.dead_letters(&metrics),
+            self.clock.clone(),
+            metrics,
+        )
+        .with_remote(self.remote.clone())
+    }
+
+    pub fn http_ingress(&self) -> HttpIngress {
+        let metrics = Arc::new(Metrics::default());
+        HttpIngress::new(
+            self.registry.clone(),
+            self.config.module.clone(),
+            self.remote.clone(),
+            self.transport(&metrics),
+            MAX_PAYLOAD_BYTES,
+            self.clock.clone(),
+            metrics,
+        )
+    }
+}
+
+/// All four handlers (the local poller and the tests play every role at once).
 #[derive(Debug)]
 pub struct Handlers {
     pub dispatcher: Dispatcher,
@@ -100,82 +245,18 @@ impl Handlers {
         clock: Arc<dyn Clock>,
         remote: Option<Arc<HttpFunctions>>,
     ) -> Self {
-        let transport = |metrics: &Arc<Metrics>| {
-            SqsTransport::new(
-                clients.clone(),
-                config.inbox_url.clone(),
-                config.delay_url.clone(),
-                config.egress.clone(),
-                config.max_delay_hop,
-                clock.clone(),
-                metrics.clone(),
-            )
-        };
-        let dead_letters = |metrics: &Arc<Metrics>| {
-            DeadLetters::new(clients.sqs.clone(), config.dlq_url.clone(), metrics.clone())
-        };
-
-        let metrics = Arc::new(Metrics::default());
-        let store = DynamoStore::new(
-            clients.dynamodb.clone(),
-            config.table.clone(),
-            metrics.clone(),
-            clock.clone(),
-        );
-        let settings = DispatcherSettings {
-            batch: batch_config(config),
-            conflict_retries: config.conflict_retries,
-        };
-        let dispatcher = Dispatcher::new(
-            registry.clone(),
-            store,
-            transport(&metrics),
-            dead_letters(&metrics),
-            settings,
-            clock.clone(),
-            metrics.clone(),
-        )
-        .with_remote(remote.clone());
-
-        let metrics = Arc::new(Metrics::default());
-        let forwarder = TimerForwarder::new(
-            DynamoStore::new(
-                clients.dynamodb.clone(),
-                config.table.clone(),
-                metrics.clone(),
-                clock.clone(),
-            ),
-            transport(&metrics),
-            dead_letters(&metrics),
-            clock.clone(),
-            metrics.clone(),
-        );
-
-        let metrics = Arc::new(Metrics::default());
-        let ingress = SqsIngress::new(
-            config.ingress_routes.clone(),
-            registry.clone(),
-            transport(&metrics),
-            dead_letters(&metrics),
-            clock.clone(),
-            metrics,
-        )
-        .with_remote(remote.clone());
-        let metrics = Arc::new(Metrics::default());
-        let http_ingress = HttpIngress::new(
+        let parts = Parts {
+            config,
+            clients,
             registry,
-            config.module.clone(),
+            clock,
             remote,
-            transport(&metrics),
-            MAX_PAYLOAD_BYTES,
-            clock.clone(),
-            metrics,
-        );
+        };
         Handlers {
-            dispatcher,
-            forwarder,
-            ingress,
-            http_ingress,
+            dispatcher: parts.dispatcher(),
+            forwarder: parts.forwarder(),
+            ingress: parts.sqs_ingress(),
+            http_ingress: parts.http_ingress(),
         }
     }
 }

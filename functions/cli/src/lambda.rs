@@ -1,44 +1,122 @@
-//! What every Lambda binary shares: configuration, clients and handlers, built once per
-//! cold start. A bad configuration fails the cold start with a message naming the
-//! variable.
+//! The Lambda roles: one binary, the role from `STATEFUN_ROLE` (set per function by
+//! `template.yaml`). A cold start builds the configuration, the clients and only the
+//! handler of its role; a bad configuration fails it with a message naming the variable.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use statefun_aws::app::{Handlers, clients, sdk_config};
-use statefun_aws::config::AwsConfig;
+use aws_lambda_events::event::apigw::ApiGatewayV2httpRequest;
+use aws_lambda_events::event::sqs::SqsEvent;
+use clap::FromArgMatches;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use statefun_aws::app::{Parts, Role, clients, sdk_config};
+use statefun_aws::config::{AwsConfig, ConfigError};
 use statefun_core::module::IngressHost;
 use statefun_core::ports::SystemClock;
 
-/// The module.yaml shipped inside the binaries (the repository root's), used unless
-/// STATEFUN_MODULE names another.
-pub const BUNDLED_MODULE: &str = include_str!("../../../module.yaml");
+use crate::App;
 
-pub fn bundled_module() -> Result<statefun_core::module::Module, statefun_core::module::ModuleError>
-{
-    statefun_core::module::Module::parse("module.yaml (bundled)", BUNDLED_MODULE)
+/// The configuration with the application's compiled-in module, unless
+/// `STATEFUN_MODULE` names another.
+pub fn with_bundled_module<A: clap::Args + FromArgMatches + 'static>(
+    app: &App<A>,
+    config: AwsConfig,
+) -> anyhow::Result<AwsConfig> {
+    if std::env::var_os("STATEFUN_MODULE").is_some() {
+        return Ok(config);
+    }
+    Ok(match app.bundled_module()? {
+        Some(module) => config.with_module(module)?,
+        None => config,
+    })
 }
 
-/// Builds the handlers from the environment, with the bundled example functions.
-pub async fn cold_start() -> Result<Arc<Handlers>, lambda_runtime::Error> {
+/// The role this Lambda plays.
+pub fn role_from_env() -> Result<Role, ConfigError> {
+    let value = std::env::var("STATEFUN_ROLE").map_err(|_| ConfigError {
+        variable: "STATEFUN_ROLE",
+        reason: "not set: the template sets it on every function".into(),
+    })?;
+    value.parse().map_err(|reason| ConfigError {
+        variable: "STATEFUN_ROLE",
+        reason,
+    })
+}
+
+/// Serves Lambda invocations as the role of `STATEFUN_ROLE` until the runtime stops.
+pub async fn serve<A: clap::Args + FromArgMatches + 'static>(app: &App<A>) -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let mut config = AwsConfig::from_env()?;
-    if std::env::var_os("STATEFUN_MODULE").is_none() {
-        config = config.with_module(bundled_module()?)?;
-    }
+    let role = role_from_env()?;
+    let config = with_bundled_module(app, AwsConfig::from_env()?)?;
     for ingress in &config.module.external_ingresses {
         tracing::warn!("{}", ingress.instead(IngressHost::Aws));
     }
-    let registry = statefun_examples::registry(statefun_examples::ExamplesConfig::default())?;
+    let registry = app.registry(&app.args_from_env()?)?;
     let sdk = sdk_config(None, false).await;
-    let remote = statefun_aws::app::remote_functions(&config)?;
-    Ok(Arc::new(Handlers::with_remote(
-        &config,
-        &clients(&sdk),
-        Arc::new(registry),
-        Arc::new(SystemClock),
-        remote,
-    )))
+    let clients = clients(&sdk);
+    let parts = Parts {
+        config: &config,
+        clients: &clients,
+        registry: Arc::new(registry),
+        clock: Arc::new(SystemClock),
+        remote: statefun_aws::app::remote_functions(&config)?,
+    };
+    match role {
+        Role::Dispatcher => {
+            let dispatcher = Arc::new(parts.dispatcher());
+            answer(move |event: LambdaEvent<SqsEvent>| {
+                let dispatcher = dispatcher.clone();
+                async move {
+                    let deadline = answer_by(&event.context);
+                    dispatcher.handle_until(event.payload, Some(deadline)).await
+                }
+            })
+            .await
+        }
+        Role::TimerForwarder => {
+            let forwarder = Arc::new(parts.forwarder());
+            answer(move |event: LambdaEvent<SqsEvent>| {
+                let forwarder = forwarder.clone();
+                async move { forwarder.handle(event.payload).await }
+            })
+            .await
+        }
+        Role::SqsIngress => {
+            let ingress = Arc::new(parts.sqs_ingress());
+            answer(move |event: LambdaEvent<SqsEvent>| {
+                let ingress = ingress.clone();
+                async move { ingress.handle(event.payload).await }
+            })
+            .await
+        }
+        Role::HttpIngress => {
+            let ingress = Arc::new(parts.http_ingress());
+            answer(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+                let ingress = ingress.clone();
+                async move { ingress.handle(event.payload).await }
+            })
+            .await
+        }
+    }
+}
+
+/// Runs the Lambda runtime loop with a handler that always answers (failures are in
+/// its answer: `batchItemFailures`, a 4xx).
+async fn answer<E, R, F, Fut>(handler: F) -> Result<(), Error>
+where
+    E: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(LambdaEvent<E>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    lambda_runtime::run(service_fn(move |event| {
+        let answered = handler(event);
+        async move { Ok::<R, Error>(answered.await) }
+    }))
+    .await
 }
 
 /// When a handler must have answered: the invocation's deadline less a margin (a
@@ -70,9 +148,14 @@ mod tests {
     }
 
     #[test]
-    fn the_bundled_module_parses_and_exposes_the_examples() {
-        let m = super::bundled_module().expect("valid");
-        assert!(m.http_exposes(&statefun_core::TypeName::from_static("example/person")));
-        assert!(!m.http_exposes(&statefun_core::TypeName::from_static("example/greeter")));
+    fn roles_parse_by_their_template_names_and_others_are_refused_with_the_list() {
+        use statefun_aws::app::Role;
+        for role in Role::ALL {
+            assert_eq!(role.name().parse::<Role>(), Ok(role));
+        }
+        assert_eq!(
+            "dispatch".parse::<Role>(),
+            Err("\"dispatch\" is not a role; one of dispatcher, timer-forwarder, sqs-ingress, http-ingress".into())
+        );
     }
 }

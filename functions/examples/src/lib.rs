@@ -1,4 +1,4 @@
-//! Example stateful functions, bundled with the `statefun-lambda` binary.
+//! Example stateful functions, and the `statefun-lambda` binary around them (`src/main.rs`).
 //!
 //! - greeter: `example/person` counts visits and asks `example/greeter` to greet, which
 //!   emits to the `example/greets` egress (the StateFun playground greeter);

@@ -143,3 +143,12 @@ fn an_idle_basket_releases_its_reservations() {
         [BasketEvent::Expired { .. }]
     ));
 }
+
+#[test]
+fn the_compiled_in_module_parses_and_exposes_what_the_http_api_may_address() {
+    let m =
+        statefun_core::module::Module::parse("module.yaml", include_str!("../../../module.yaml"))
+            .expect("valid");
+    assert!(m.http_exposes(&statefun_core::TypeName::from_static("example/person")));
+    assert!(!m.http_exposes(&statefun_core::TypeName::from_static("example/greeter")));
+}

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use statefun_embedded::{Settled, Settling, Status};
+use statefun_lambda::embedded::{Settled, Settling, Status};
 
 /// Lines a child printed, shared with the reader thread.
 pub type Lines = Arc<Mutex<Vec<String>>>;

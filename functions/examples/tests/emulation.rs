@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use statefun_e2e::Moto;
-use statefun_embedded::Settling;
+use statefun_lambda::embedded::Settling;
 
 fn cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))

@@ -1,0 +1,431 @@
+//! The command line: `run` (the embedded runtime) and, with the `aws` feature,
+//! `provision`, `poll`, `send` and `state` against a deployment or an emulator.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{FromArgMatches, Parser, Subcommand, ValueEnum};
+use statefun_embedded::{EmbeddedConfig, Runtime, StdoutEgress};
+use tracing::{info, warn};
+
+use crate::App;
+
+/// Said when an AWS command or role runs in a binary built without the `aws` feature.
+#[cfg(not(feature = "aws"))]
+pub(crate) const NO_AWS: &str = "this binary was built without the `aws` feature \
+    (the AWS SDK); rebuild with `--features aws` (cargo lambda build turns it on from \
+    [package.metadata.lambda.build])";
+
+/// Options of an application that has none.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct NoArgs {}
+
+#[derive(Debug, Parser)]
+#[command(name = "statefun-lambda", version, about)]
+pub(crate) struct Cli<A: clap::Args> {
+    #[command(subcommand)]
+    pub(crate) command: Command<A>,
+    /// Log format on stderr (filter with RUST_LOG, default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command<A: clap::Args> {
+    /// Run the embedded runtime with this binary's functions: durable state in
+    /// --data-dir, HTTP ingress on 127.0.0.1:--port, egress as JSON lines on stdout.
+    Run(RunArgs<A>),
+    /// Create the state table and queues of a deployment prefix (as the template
+    /// declares them) and print the Lambdas' environment.
+    Provision(ProvisionArgs),
+    /// Play Lambda's SQS event sources: long-poll the inbox, delay and ingress queues
+    /// and run the same handlers in-process until Ctrl-C.
+    Poll(PollArgs),
+    /// Enqueue a message for an address.
+    Send(SendArgs),
+    /// Print an address's state as JSON (the embedded runtime's GET shape).
+    State(StateArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct AwsArgs {
+    /// Resource name prefix: <prefix>-state, <prefix>-inbox.fifo, <prefix>-delay, …
+    #[arg(long, env = "STATEFUN_PREFIX", default_value = "statefun")]
+    prefix: String,
+    /// Endpoint of an emulator (moto server, DynamoDB Local, LocalStack) for every
+    /// service. Unset: the SDK's own resolution — AWS_ENDPOINT_URL,
+    /// AWS_ENDPOINT_URL_DYNAMODB / _SQS / _SNS per service — else AWS.
+    #[arg(long)]
+    endpoint_url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProvisionArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// Visibility timeout of the inbox and delay queue, in seconds (template.yaml's).
+    #[arg(long, default_value_t = 180)]
+    visibility_timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PollArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// Names of ingress queues to poll through the SQS ingress handler
+    /// (routes: STATEFUN_INGRESS_ROUTES).
+    #[arg(long = "ingress-queue")]
+    ingress_queues: Vec<String>,
+    /// Long-poll wait, in seconds.
+    #[arg(long, default_value_t = 10)]
+    wait: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// The function type, namespace/type.
+    function_type: String,
+    id: String,
+    /// The value's type name; built-in types take their plain text form.
+    #[arg(long = "type", default_value = "io.statefun.types/string")]
+    typename: String,
+    value: String,
+    /// A key that makes the message id stable: sending twice applies once.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StateArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    function_type: String,
+    id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs<A: clap::Args> {
+    /// Port of the HTTP ingress on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8090)]
+    port: u16,
+    /// Where state, inbox and timers are kept.
+    #[arg(long, default_value = "statefun-data")]
+    data_dir: PathBuf,
+    /// Largest HTTP ingress body, in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    max_body_bytes: usize,
+    /// Messages taken per processing round.
+    #[arg(long, default_value_t = 4096)]
+    max_batch_messages: usize,
+    /// A module.yaml: remote function endpoints (StateFun's io.statefun.endpoints.v2/http),
+    /// which function types the HTTP ingress exposes, egress declarations.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// Test fail point: abort right after this many state commits, before their sends.
+    #[arg(long, hide = true)]
+    crash_after_commits: Option<u64>,
+    /// Test knob: the dedup bytes an instance record keeps before it moves entries out
+    /// (0: every commit moves all of them, so every redelivery is judged from outside).
+    #[arg(long, hide = true)]
+    dedup_budget_bytes: Option<usize>,
+    /// The application's own options.
+    #[command(flatten)]
+    app: A,
+}
+
+pub(crate) fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        // Without a signal handler there is nothing to wait for; run until killed.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    info!("shutting down");
+}
+
+async fn run<A: clap::Args + FromArgMatches + 'static>(
+    app: &App<A>,
+    args: RunArgs<A>,
+) -> anyhow::Result<()> {
+    let registry = app
+        .registry(&args.app)
+        .context("registering the functions")?;
+    let mut config = EmbeddedConfig::new(&args.data_dir);
+    config.max_body_bytes = args.max_body_bytes;
+    config.max_batch_messages = args.max_batch_messages.max(1);
+    config.crash_after_commits = args.crash_after_commits;
+    if let Some(budget) = args.dedup_budget_bytes {
+        config.batch.dedup_budget_bytes = budget;
+    }
+    if let Some(path) = &args.module {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let module = statefun_core::module::Module::parse(&path.display().to_string(), &text)?;
+        for egress in &module.egresses {
+            if egress.target != statefun_core::module::EgressTarget::Stdout {
+                info!(egress = %egress.id, "egress records go to stdout in the embedded runtime");
+            }
+        }
+        for ingress in &module.external_ingresses {
+            warn!(
+                "{}",
+                ingress.instead(statefun_core::module::IngressHost::Embedded)
+            );
+        }
+        info!(
+            endpoints = module.endpoints.len(),
+            "loaded {}",
+            path.display()
+        );
+        config.remote = Some(std::sync::Arc::new(statefun_embedded::HttpFunctions::new(
+            module,
+        )?));
+    }
+    let mut runtime = Runtime::start(registry, config, Box::new(StdoutEgress))
+        .with_context(|| format!("opening the data dir {}", args.data_dir.display()))?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP ingress to {addr}"))?;
+    let local = listener.local_addr()?;
+    info!(data_dir = %args.data_dir.display(), "listening on http://{local}");
+    let engine_stopped = runtime.engine_stopped();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {},
+            () = engine_stopped => tracing::error!("the engine stopped; shutting down"),
+        }
+    };
+    statefun_embedded::ingress::serve(listener, runtime.handle(), stop).await?;
+    runtime.shutdown().context("the engine failed")?;
+    Ok(())
+}
+
+/// The AWS commands: a deployment or an emulator, as the Lambdas see it.
+#[cfg(feature = "aws")]
+mod aws {
+    use std::time::Duration;
+
+    use clap::FromArgMatches;
+    use tracing::info;
+
+    use super::{AwsArgs, PollArgs, ProvisionArgs, SendArgs, StateArgs, shutdown_signal};
+    use crate::App;
+
+    pub(super) async fn aws_clients(args: &AwsArgs) -> statefun_aws::transport::Clients {
+        // Emulators accept any credentials; default them when none are configured.
+        let emulator = (args.endpoint_url.is_some()
+            || std::env::var_os("AWS_ENDPOINT_URL").is_some())
+            && std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
+        let sdk = statefun_aws::app::sdk_config(args.endpoint_url.as_deref(), emulator).await;
+        statefun_aws::app::clients(&sdk)
+    }
+
+    fn env_var(name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    pub(super) async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
+        let clients = aws_clients(&args.aws).await;
+        let settings = statefun_aws::local::QueueSettings {
+            visibility_timeout: Duration::from_secs(args.visibility_timeout),
+            ..Default::default()
+        };
+        let config =
+            statefun_aws::local::provision(&clients, &args.aws.prefix, settings, env_var).await?;
+        println!("export STATEFUN_STATE_TABLE={}", config.table);
+        println!("export STATEFUN_INBOX_QUEUE_URL={}", config.inbox_url);
+        println!("export STATEFUN_DELAY_QUEUE_URL={}", config.delay_url);
+        println!("export STATEFUN_DLQ_URL={}", config.dlq_url);
+        Ok(())
+    }
+
+    /// The deployment's configuration as the Lambdas see it: resolved queue URLs, and the
+    /// module in STATEFUN_MODULE, else the bundled one (remote functions, SQS ingresses,
+    /// egresses).
+    async fn aws_config<A: clap::Args + FromArgMatches + 'static>(
+        app: &App<A>,
+        clients: &statefun_aws::transport::Clients,
+        prefix: &str,
+    ) -> anyhow::Result<statefun_aws::config::AwsConfig> {
+        let config = statefun_aws::local::resolve(clients, prefix, env_var).await?;
+        crate::lambda::with_bundled_module(app, config)
+    }
+
+    pub(super) async fn poll<A: clap::Args + FromArgMatches + 'static>(
+        app: &App<A>,
+        args: PollArgs,
+    ) -> anyhow::Result<()> {
+        let clients = aws_clients(&args.aws).await;
+        let config = aws_config(app, &clients, &args.aws.prefix).await?;
+        let registry = app.registry(&app.args_from_env()?)?;
+        let remote = statefun_aws::app::remote_functions(&config)?;
+        let handlers = std::sync::Arc::new(statefun_aws::app::Handlers::with_remote(
+            &config,
+            &clients,
+            std::sync::Arc::new(registry),
+            std::sync::Arc::new(statefun_core::ports::SystemClock),
+            remote,
+        ));
+        let mut queues = vec![
+            ("dispatcher", config.inbox_url.clone()),
+            ("timer-forwarder", config.delay_url.clone()),
+        ];
+        for name in &args.ingress_queues {
+            let url = clients.sqs.get_queue_url().queue_name(name).send().await?;
+            queues.push((
+                "sqs-ingress",
+                url.queue_url().unwrap_or_default().to_string(),
+            ));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (handler, url) in queues {
+            let mut poller =
+                statefun_aws::local::Poller::new(clients.clone(), Duration::from_secs(args.wait));
+            let handlers = handlers.clone();
+            info!(handler, queue = %url, "polling");
+            tasks.spawn(async move {
+                loop {
+                    let h = handlers.clone();
+                    let polled = poller
+                        .poll_once(&url, |event| async move {
+                            match handler {
+                                "dispatcher" => h.dispatcher.handle(event).await,
+                                "timer-forwarder" => h.forwarder.handle(event).await,
+                                _ => h.ingress.handle(event).await,
+                            }
+                        })
+                        .await;
+                    if let Err(e) = polled {
+                        tracing::warn!(handler, error = %e, "poll failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            });
+        }
+        shutdown_signal().await;
+        tasks.shutdown().await;
+        Ok(())
+    }
+
+    fn address(function_type: &str, id: &str) -> anyhow::Result<statefun_core::Address> {
+        let t = statefun_core::TypeName::parse(function_type)?;
+        anyhow::ensure!(!id.is_empty(), "the id must not be empty");
+        Ok(statefun_core::Address::new(t, id))
+    }
+
+    pub(super) async fn send<A: clap::Args + FromArgMatches + 'static>(
+        app: &App<A>,
+        args: SendArgs,
+    ) -> anyhow::Result<()> {
+        let clients = aws_clients(&args.aws).await;
+        let config = aws_config(app, &clients, &args.aws.prefix).await?;
+        let target = address(&args.function_type, &args.id)?;
+        anyhow::ensure!(
+            app.registry(&app.args_from_env()?)?
+                .contains(&target.function_type)
+                || config.module.endpoint(&target.function_type).is_some(),
+            "no function is registered for type {} (neither compiled in nor a remote function \
+             of the module: STATEFUN_MODULE or the bundled module.yaml)",
+            target.function_type
+        );
+        let typename = statefun_core::TypeName::parse(args.typename)?;
+        let value = match statefun_core::builtin::from_text(&typename, &args.value) {
+            Some(parsed) => parsed.map_err(anyhow::Error::msg)?,
+            None => statefun_core::TypedValue::from_bytes(typename, args.value.into_bytes()),
+        };
+        let key = args.key.unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{nanos:x}-{}", std::process::id())
+        });
+        let envelope = statefun_core::Envelope {
+            id: statefun_core::MessageId::Keyed(format!("cli:{key}")),
+            target,
+            caller: None,
+            value,
+        };
+        statefun_aws::local::send(&clients, &config, &envelope).await?;
+        println!(
+            "{}",
+            serde_json::json!({ "message_id": envelope.id.to_string() })
+        );
+        Ok(())
+    }
+
+    pub(super) async fn state<A: clap::Args + FromArgMatches + 'static>(
+        app: &App<A>,
+        args: StateArgs,
+    ) -> anyhow::Result<()> {
+        use statefun_core::ports::Clock;
+        let clients = aws_clients(&args.aws).await;
+        let config = aws_config(app, &clients, &args.aws.prefix).await?;
+        let target = address(&args.function_type, &args.id)?;
+        let now = statefun_core::ports::SystemClock.now_ms();
+        println!(
+            "{}",
+            statefun_aws::local::state(&clients, &config, &target, now).await?
+        );
+        Ok(())
+    }
+}
+
+/// Runs one command of the CLI.
+pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
+    app: &App<A>,
+    command: Command<A>,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => run(app, args).await,
+        #[cfg(feature = "aws")]
+        Command::Provision(args) => aws::provision(args).await,
+        #[cfg(feature = "aws")]
+        Command::Poll(args) => aws::poll(app, args).await,
+        #[cfg(feature = "aws")]
+        Command::Send(args) => aws::send(app, args).await,
+        #[cfg(feature = "aws")]
+        Command::State(args) => aws::state(app, args).await,
+        #[cfg(not(feature = "aws"))]
+        Command::Provision(_) | Command::Poll(_) | Command::Send(_) | Command::State(_) => {
+            anyhow::bail!(NO_AWS)
+        }
+    }
+}
