@@ -1,0 +1,72 @@
+//! Lambda init time of the examples' binary: from process start to its first request for
+//! an event on a local Lambda Runtime API (what Lambda bills as Init Duration, less the
+//! sandbox's own start), per role, over 30 starts each; and the binary's size.
+//!
+//! `cargo bench -p statefun-examples --bench lambda_init` (a release build, with the
+//! `aws` feature as cargo lambda builds it). The AWS endpoints are set but never called:
+//! a cold start builds clients, it does not use them.
+
+use std::time::{Duration, Instant};
+
+use statefun_e2e::LambdaRuntimeApi;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_statefun-lambda");
+const STARTS: usize = 30;
+
+fn init_time(role: &str) -> Duration {
+    let api = LambdaRuntimeApi::start();
+    let env = [
+        ("STATEFUN_ROLE", role),
+        ("STATEFUN_STATE_TABLE", "bench-state"),
+        (
+            "STATEFUN_INBOX_QUEUE_URL",
+            "http://127.0.0.1:9/q/bench-inbox.fifo",
+        ),
+        (
+            "STATEFUN_DELAY_QUEUE_URL",
+            "http://127.0.0.1:9/q/bench-delay",
+        ),
+        ("STATEFUN_DLQ_URL", "http://127.0.0.1:9/q/bench-dlq.fifo"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "bench"),
+        ("AWS_SECRET_ACCESS_KEY", "bench"),
+        ("RUST_LOG", "warn"),
+    ];
+    let started = Instant::now();
+    let mut child = api.spawn(BINARY, role, &env);
+    let ready = loop {
+        if let Some(at) = api.first_next() {
+            break at;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{role} exited during init: {status}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    ready.duration_since(started)
+}
+
+fn main() {
+    let size = std::fs::metadata(BINARY).map_or(0, |m| m.len());
+    println!("binary {BINARY}: {:.1} MB", size as f64 / (1024.0 * 1024.0));
+    println!("Lambda init, process start to first GET /runtime/invocation/next ({STARTS} starts):");
+    for role in [
+        "dispatcher",
+        "timer-forwarder",
+        "sqs-ingress",
+        "http-ingress",
+    ] {
+        init_time(role); // warm the page cache
+        let mut times: Vec<Duration> = (0..STARTS).map(|_| init_time(role)).collect();
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "  {role:16} min {:6.2} ms  median {:6.2} ms  max {:6.2} ms",
+            ms(times[0]),
+            ms(times[STARTS / 2]),
+            ms(times[STARTS - 1])
+        );
+    }
+}
