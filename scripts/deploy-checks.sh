@@ -21,3 +21,15 @@ echo "== cargo lambda build --release (x86_64), as sam build runs it for every f
 # One binary for every role; [package.metadata.lambda.build] turns on its aws feature.
 cargo lambda build --release --x86-64 --bin statefun-lambda
 ls -l target/lambda/statefun-lambda/bootstrap
+
+echo "== statefun-lambda new: the scaffold validates and builds as a user's project"
+scaffold=$(mktemp -d)
+target/lambda/statefun-lambda/bootstrap new "$scaffold/hello-fns"   # the binary built above is the CLI too
+(
+  cd "$scaffold/hello-fns"
+  SAM_CLI_TELEMETRY=0 sam validate --lint -t template.yaml
+  # Its dependencies are ours: share the target dir (and what the build above compiled).
+  CARGO_TARGET_DIR="$OLDPWD/target" cargo lambda build --release --x86-64
+)
+ls -l target/lambda/hello-fns/bootstrap
+rm -rf "$scaffold"

@@ -124,12 +124,14 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers `function` for `pattern`: `namespace/name` or `namespace/*`.
+    /// Registers `function` for `pattern`: a [`TypeName`] (`namespace/name`), or a
+    /// string, which may also be a whole namespace, `namespace/*`.
     pub fn register(
         &mut self,
-        pattern: &str,
+        pattern: impl AsRef<str>,
         function: impl StatefulFunction + 'static,
     ) -> Result<&mut Self, RegistryError> {
+        let pattern = pattern.as_ref();
         let specs: Arc<[StateSpec]> = function.specs().into();
         for (i, s) in specs.iter().enumerate() {
             if specs[..i].iter().any(|o| o.name == s.name) {
@@ -161,7 +163,7 @@ impl Registry {
     /// Registers a closure with the given state declarations.
     pub fn register_fn<F>(
         &mut self,
-        pattern: &str,
+        pattern: impl AsRef<str>,
         specs: Vec<StateSpec>,
         f: F,
     ) -> Result<&mut Self, RegistryError>

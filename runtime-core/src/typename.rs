@@ -87,6 +87,12 @@ impl From<TypeName> for String {
     }
 }
 
+impl AsRef<str> for TypeName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl fmt::Display for TypeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -38,7 +38,7 @@ fn registry(latencies: Arc<Mutex<Vec<u64>>>) -> Registry {
     let mut r = Registry::new();
     for (t, delayed) in [(HOP, false), (LATER, true)] {
         let latencies = latencies.clone();
-        r.register_fn(t.as_str(), vec![SEEN.spec()], move |ctx, msg| {
+        r.register_fn(t, vec![SEEN.spec()], move |ctx, msg| {
             // value = remaining hops * 10^13 + the sender's clock in ms
             let v: i64 = msg.decode()?;
             let (remaining, sent_at) = (v / SCALE, (v % SCALE) as u64);
@@ -66,7 +66,7 @@ fn registry(latencies: Arc<Mutex<Vec<u64>>>) -> Registry {
         })
         .expect("register");
     }
-    r.register_fn(COUNTER.as_str(), vec![COUNT.spec()], |ctx, msg| {
+    r.register_fn(COUNTER, vec![COUNT.spec()], |ctx, msg| {
         let n = ctx.get(&COUNT)?.unwrap_or(0) + msg.decode::<i64>()?;
         ctx.set(&COUNT, &n)
     })

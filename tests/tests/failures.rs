@@ -37,7 +37,7 @@ struct Seen {
 
 fn registry(seen: Arc<Seen>) -> Registry {
     let mut r = Registry::new();
-    r.register_fn(LOG.as_str(), vec![ENTRIES.spec()], move |ctx, msg| {
+    r.register_fn(LOG, vec![ENTRIES.spec()], move |ctx, msg| {
         let text: String = msg.decode()?;
         let (verb, arg) = text.split_once(':').unwrap_or((text.as_str(), ""));
         match verb {

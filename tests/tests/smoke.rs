@@ -109,9 +109,9 @@ fn execute(ctx: &mut Context<'_>, msg: &TypedValue) -> Result<(), FunctionError>
 
 fn registry() -> Registry {
     let mut r = Registry::new();
-    r.register_fn(SMOKE.as_str(), vec![COUNT.spec()], execute)
+    r.register_fn(SMOKE, vec![COUNT.spec()], execute)
         .expect("register interpreter");
-    r.register_fn(RELAY.as_str(), vec![], execute)
+    r.register_fn(RELAY, vec![], execute)
         .expect("register relay");
     r
 }

@@ -52,6 +52,9 @@ pub(crate) enum Command<A: clap::Args> {
     Send(SendArgs),
     /// Print an address's state as JSON (the embedded runtime's GET shape).
     State(StateArgs),
+    /// Create a project of your own: Cargo.toml, src/main.rs with one function and its
+    /// test, module.yaml, template.yaml, README.
+    New(crate::scaffold::NewArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -415,6 +418,7 @@ pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
 ) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => run(app, args).await,
+        Command::New(args) => crate::scaffold::create(&args),
         #[cfg(feature = "aws")]
         Command::Provision(args) => aws::provision(args).await,
         #[cfg(feature = "aws")]

@@ -35,6 +35,7 @@ use statefun_core::module::{Module, ModuleError};
 mod commands;
 #[cfg(feature = "aws")]
 pub mod lambda;
+mod scaffold;
 
 pub use commands::NoArgs;
 /// The pure core: functions, messages, the module file, the test harness.

@@ -234,6 +234,6 @@ pub fn register(registry: &mut Registry, idle: Duration) -> Result<(), RegistryE
         vec![ITEMS.spec(), GENERATION.spec()],
         move |ctx, msg| basket(ctx, msg, idle),
     )?;
-    registry.register_fn(INVENTORY.as_str(), vec![STOCK.spec()], inventory)?;
+    registry.register_fn(INVENTORY, vec![STOCK.spec()], inventory)?;
     Ok(())
 }

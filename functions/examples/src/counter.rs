@@ -7,7 +7,7 @@ pub const COUNTER: TypeName = TypeName::from_static("example/counter");
 pub const COUNT: ValueSpec<i64> = ValueSpec::new("count");
 
 pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register_fn(COUNTER.as_str(), vec![COUNT.spec()], |ctx, msg| {
+    registry.register_fn(COUNTER, vec![COUNT.spec()], |ctx, msg| {
         let add: i64 = msg.decode()?;
         let count = ctx.get(&COUNT)?.unwrap_or(0).wrapping_add(add);
         ctx.set(&COUNT, &count)

@@ -49,12 +49,12 @@ fn greeter(ctx: &mut Context<'_>, msg: &TypedValue) -> Result<(), FunctionError>
 
 /// Registers `example/person` alone (its sends to the greeter stay undelivered).
 pub fn register_person(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register_fn(PERSON.as_str(), vec![VISITS.spec()], person)?;
+    registry.register_fn(PERSON, vec![VISITS.spec()], person)?;
     Ok(())
 }
 
 pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
     register_person(registry)?;
-    registry.register_fn(GREETER.as_str(), vec![], greeter)?;
+    registry.register_fn(GREETER, vec![], greeter)?;
     Ok(())
 }

@@ -32,7 +32,12 @@ fn collect(stream: impl Read + Send + 'static, lines: Lines) {
 impl Server {
     /// Starts `statefun-lambda run` on a free port and waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+        Self::start_binary(env!("CARGO_BIN_EXE_statefun-lambda"), data_dir, extra)
+    }
+
+    /// Starts `<binary> run` (any binary built on statefun-lambda) likewise.
+    pub fn start_binary(binary: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(binary)
             .args(["run", "--port", "0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -45,7 +50,8 @@ impl Server {
         let stderr: Lines = Arc::default();
         collect(child.stdout.take().expect("stdout"), stdout.clone());
         collect(child.stderr.take().expect("stderr"), stderr.clone());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Until it listens or exits; the guard catches a hang, not a slow machine.
+        let deadline = Instant::now() + Settling::STALL;
         loop {
             let found = stderr.lock().expect("lines").iter().find_map(|l| {
                 l.split("listening on http://")
@@ -69,7 +75,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "server did not start: {:?}",
+                "server hangs at start: {:?}",
                 stderr.lock().expect("lines")
             );
             std::thread::sleep(Duration::from_millis(20));
