@@ -7,7 +7,6 @@ pub mod batch;
 pub mod builtin;
 pub mod context;
 pub mod dedup;
-pub mod envelope;
 pub mod failure;
 pub mod function;
 pub mod harness;

@@ -463,7 +463,7 @@ pub fn sqs_event(envelopes: &[Envelope]) -> aws_lambda_events::event::sqs::SqsEv
             serde_json::json!({
                 "messageId": format!("{}-{i}", e.id),
                 "receiptHandle": "-",
-                "body": statefun_core::envelope::encode(e),
+                "body": statefun_aws::envelope::encode(e),
                 "attributes": {"ApproximateReceiveCount": "1"},
                 "eventSource": "aws:sqs",
             })

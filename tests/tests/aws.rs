@@ -54,11 +54,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use statefun_aws::dynamo::DynamoStore;
+use statefun_aws::envelope;
 use statefun_aws::metrics::Metrics;
 use statefun_core::pipeline::{FailureKind, dispatch};
 use statefun_core::ports::{SystemClock, Transport, TransportError};
 use statefun_core::{
-    Envelope, FunctionError, MessageId, OutboxEntry, Registry, TypeName, ValueSpec, envelope,
+    Envelope, FunctionError, MessageId, OutboxEntry, Registry, TypeName, ValueSpec,
 };
 use statefun_examples::cart::{BASKET, BASKET_EVENTS, BasketRequest, INVENTORY, InventoryRequest};
 use statefun_examples::counter::COUNTER;

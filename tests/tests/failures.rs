@@ -265,7 +265,7 @@ async fn the_aws_path_applies_the_policy() {
     let mut dead = BTreeSet::new();
     let mut reasons = Vec::new();
     for (body, attributes) in &letters {
-        let envelope = statefun_core::envelope::decode(body).expect("an envelope");
+        let envelope = statefun_aws::envelope::decode(body).expect("an envelope");
         dead.insert((envelope.target.id.clone(), text_of(&envelope.value)));
         reasons.push(attributes.get("Reason").cloned().unwrap_or_default());
         assert_eq!(

@@ -25,13 +25,14 @@ use statefun_core::ports::Clock;
 use statefun_core::protocol::{FromFunction, ToFunction};
 use statefun_core::remote::{RemoteError, RemoteFunctions, SpecCache};
 use statefun_core::{
-    Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, TypeName, Verdict, envelope,
+    Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, TypeName, Verdict,
 };
 use statefun_remote::HttpFunctions;
 use tracing::{info, warn};
 
 use crate::dead_letter::DeadLetters;
 use crate::dynamo::DynamoStore;
+use crate::envelope;
 use crate::metrics::{Metrics, Snapshot};
 use crate::transport::SqsTransport;
 

@@ -9,9 +9,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::envelope::{self, TimerMessage};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use aws_sdk_dynamodb::types::AttributeValue;
-use statefun_core::envelope::{self, TimerMessage};
 use statefun_core::ports::Clock;
 use statefun_core::{Envelope, Issued};
 use tracing::debug;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod dispatcher;
 pub mod dynamo;
+pub mod envelope;
 pub mod forwarder;
 pub mod http_ingress;
 pub mod ingress;

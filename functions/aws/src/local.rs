@@ -424,7 +424,7 @@ pub async fn send(
         .sqs
         .send_message()
         .queue_url(&config.inbox_url)
-        .message_body(statefun_core::envelope::encode(envelope))
+        .message_body(crate::envelope::encode(envelope))
         .message_group_id(group_id(&envelope.target))
         .message_deduplication_id(message_dedup_id(&envelope.id))
         .send()

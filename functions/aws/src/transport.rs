@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::envelope::{self, TimerMessage};
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use statefun_core::envelope::{self, TimerMessage};
 use statefun_core::ports::{Clock, Transport, TransportError};
 use statefun_core::{EgressRecord, Envelope, OutboxEntry, RetryPolicy, TypeName, view};
 

@@ -1,4 +1,4 @@
-//! The versioned wire form of messages between hosts (SQS bodies): one JSON object,
+//! The versioned wire form of messages on the AWS path (SQS bodies): one JSON object,
 //! values base64-encoded. Version 1:
 //!
 //! ```json
@@ -19,9 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Envelope, Issued, MessageId};
-use crate::typename::{Address, TypeName};
-use crate::value::TypedValue;
+use statefun_core::{Address, Envelope, Issued, MessageId, TypeName, TypedValue};
 
 pub const VERSION: u32 = 1;
 
