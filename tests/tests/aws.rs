@@ -154,7 +154,7 @@ async fn egress_to_an_sns_topic(dynamo: Dynamo) {
         .expect("topic");
     assert_eq!(topic.topic_arn(), Some(moto_topic(&aws).as_str()));
     let fanout = aws.url_of("fanout");
-    let fanout_arn = statefun_aws::local::queue_arn(&aws.clients, &fanout)
+    let fanout_arn = statefun_infra::local::queue_arn(&aws.clients, &fanout)
         .await
         .expect("arn");
     aws.clients
@@ -428,7 +428,7 @@ async fn poison_goes_to_the_dlq_with_its_reason_and_blocks_nothing_else(dynamo: 
         &[("STATEFUN_MAX_RECEIVES", "2")],
         &[],
         Arc::new(SystemClock),
-        statefun_aws::local::QueueSettings {
+        statefun_infra::local::QueueSettings {
             visibility_timeout: Duration::from_secs(1),
             max_receive_count: 100,
         },

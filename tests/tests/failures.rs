@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use statefun_aws::local::QueueSettings;
 use statefun_core::ports::SystemClock;
 use statefun_core::{
     Address, BatchConfig, FunctionError, Harness, Registry, RetryPolicy, TypeName, TypedValue,
@@ -22,6 +21,7 @@ use statefun_core::{
 };
 use statefun_e2e::{Aws, Dynamo};
 use statefun_embedded::{EgressSink, EmbeddedConfig, Runtime};
+use statefun_infra::local::QueueSettings;
 
 const LOG: TypeName = TypeName::from_static("fail/log");
 const ENTRIES: ValueSpec<String> = ValueSpec::new("entries");

