@@ -133,14 +133,17 @@ pub struct SqsIngress {
     pub routing: SqsRouting,
 }
 
+/// An SQS queue or SNS topic egress records go to: from the module
+/// (`io.statefun-lambda.egress.v1/sqs|sns`) or, on AWS, from `STATEFUN_EGRESS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    Sqs { queue_url: String },
+    Sns { topic_arn: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressTarget {
-    Sqs {
-        queue_url: String,
-    },
-    Sns {
-        topic_arn: String,
-    },
+    Sink(Sink),
     Stdout,
     /// A Flink Kafka or Kinesis egress (its kind): the host gives it a sink of its own.
     External {
@@ -685,12 +688,12 @@ impl Doc<'_> {
             ..e
         };
         let target = match kind {
-            SQS_EGRESS_KIND => EgressTarget::Sqs {
+            SQS_EGRESS_KIND => EgressTarget::Sink(Sink::Sqs {
                 queue_url: self.string(spec, "queueUrl").map_err(prefixed)?,
-            },
-            SNS_EGRESS_KIND => EgressTarget::Sns {
+            }),
+            SNS_EGRESS_KIND => EgressTarget::Sink(Sink::Sns {
                 topic_arn: self.string(spec, "topicArn").map_err(prefixed)?,
-            },
+            }),
             _ => EgressTarget::Stdout,
         };
         Ok(Egress { id, target })
@@ -801,9 +804,9 @@ spec:
         assert!(m.http_exposes(&person) && !m.http_exposes(&special));
         assert_eq!(
             m.egresses[0].target,
-            EgressTarget::Sns {
+            EgressTarget::Sink(Sink::Sns {
                 topic_arn: "arn:aws:sns:us-east-1:1:greets".into()
-            }
+            })
         );
     }
 

@@ -170,7 +170,7 @@ async fn egress_to_an_sns_topic(dynamo: Dynamo) {
     let mut config = aws.config.clone();
     config.egress = [(
         TypeName::from_static("example/greets"),
-        statefun_aws::config::EgressTarget::Sns {
+        statefun_core::module::Sink::Sns {
             topic_arn: moto_topic(&aws),
         },
     )]
@@ -604,7 +604,8 @@ async fn sqs_ingress_routes_by_pointer_attribute_and_envelope(dynamo: Dynamo) {
     let mut aws = Aws::start(dynamo, examples(), &[], &["people", "counts", "commands"]).await;
     let mut config = aws.config.clone();
     config.ingress_routes =
-        serde_json::from_str(&routes.replace("PREFIX", &aws.prefix)).expect("routes");
+        statefun_aws::config::ingress_routes(&routes.replace("PREFIX", &aws.prefix))
+            .expect("routes");
     aws.handlers = Arc::new(statefun_aws::app::Handlers::new(
         &config,
         &aws.clients,

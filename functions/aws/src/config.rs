@@ -8,7 +8,7 @@
 //! | `STATEFUN_DELAY_QUEUE_URL` | the standard delay queue | required |
 //! | `STATEFUN_DLQ_URL` | the FIFO dead-letter queue poison goes to, with its reason | required |
 //! | `STATEFUN_EGRESS` | `typename=sqs:<queue url>` or `typename=sns:<topic arn>`, comma-separated | none |
-//! | `STATEFUN_INGRESS_ROUTES` | JSON list of SQS ingress routes ([`IngressRoute`]) | none |
+//! | `STATEFUN_INGRESS_ROUTES` | JSON list of SQS ingress routes (each becomes a module [`SqsIngress`]) | none |
 //! | `STATEFUN_MAX_RECEIVES` | receives of a failing message before it is dead-lettered | 5 |
 //! | `STATEFUN_CONFLICT_RETRIES` | re-runs of an address after a version conflict, per batch | 3 |
 //! | `STATEFUN_MAX_DELAY_HOP_SECONDS` | longest delay of one hop through the delay queue (SQS: ≤ 900) | 900 |
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use statefun_core::TypeName;
-use statefun_core::module::{self, Module};
+use statefun_core::module::{self, IdFrom, Module, Sink, SqsIngress, SqsRouting};
 
 /// A variable that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,34 +30,28 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-/// Where an egress's records go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EgressTarget {
-    Sqs { queue_url: String },
-    Sns { topic_arn: String },
-}
-
-/// How records of one ingress queue become messages.
+/// One route of `STATEFUN_INGRESS_ROUTES` as written (JSON); it becomes the module's
+/// [`SqsIngress`], the one vocabulary of ingress routes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IngressRoute {
+struct RouteJson {
     /// The source queue: its ARN (as in Lambda events) or its name.
-    pub queue: String,
+    queue: String,
     /// `auto`: the body is a routable envelope `{"target": {"type", "id"}, "typename",
     /// "value" | "value_base64"}`; otherwise the function type every record goes to.
-    pub target: String,
+    target: String,
     /// Where the id is: `{"pointer": "/json/pointer"}` into the JSON body, or
     /// `{"attribute": "Name"}`, a message attribute. Not used with `auto`.
     #[serde(default)]
-    pub id: Option<IdSource>,
+    id: Option<IdJson>,
     /// The type name the body is delivered under (bytes unchanged). Not used with `auto`.
     #[serde(default)]
-    pub typename: Option<String>,
+    typename: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum IdSource {
+enum IdJson {
     Pointer(String),
     Attribute(String),
 }
@@ -68,8 +62,11 @@ pub struct AwsConfig {
     pub inbox_url: String,
     pub delay_url: String,
     pub dlq_url: String,
-    pub egress: BTreeMap<TypeName, EgressTarget>,
-    pub ingress_routes: Vec<IngressRoute>,
+    /// Where each egress goes (`STATEFUN_EGRESS` and the module's SQS/SNS egresses).
+    pub egress: BTreeMap<TypeName, Sink>,
+    /// SQS ingress queues (`STATEFUN_INGRESS_ROUTES` and the module's), as the module
+    /// declares them.
+    pub ingress_routes: Vec<SqsIngress>,
     pub max_receives: u32,
     pub conflict_retries: u32,
     pub max_delay_hop: Duration,
@@ -104,7 +101,7 @@ fn number(
     }
 }
 
-fn egress(spec: &str) -> Result<BTreeMap<TypeName, EgressTarget>, ConfigError> {
+fn egress(spec: &str) -> Result<BTreeMap<TypeName, Sink>, ConfigError> {
     let bad = |reason: String| ConfigError {
         variable: "STATEFUN_EGRESS",
         reason,
@@ -118,10 +115,10 @@ fn egress(spec: &str) -> Result<BTreeMap<TypeName, EgressTarget>, ConfigError> {
         })?;
         let name = TypeName::parse(name.trim()).map_err(|e| bad(e.to_string()))?;
         let target = match target.trim().split_once(':') {
-            Some(("sqs", url)) if !url.is_empty() => EgressTarget::Sqs {
+            Some(("sqs", url)) if !url.is_empty() => Sink::Sqs {
                 queue_url: url.into(),
             },
-            Some(("sns", arn)) if !arn.is_empty() => EgressTarget::Sns {
+            Some(("sns", arn)) if !arn.is_empty() => Sink::Sns {
                 topic_arn: arn.into(),
             },
             _ => {
@@ -137,30 +134,51 @@ fn egress(spec: &str) -> Result<BTreeMap<TypeName, EgressTarget>, ConfigError> {
     Ok(out)
 }
 
-fn routes(spec: &str) -> Result<Vec<IngressRoute>, ConfigError> {
+/// `STATEFUN_INGRESS_ROUTES` (a JSON list) as the module's SQS ingresses.
+pub fn ingress_routes(spec: &str) -> Result<Vec<SqsIngress>, ConfigError> {
     let bad = |reason: String| ConfigError {
         variable: "STATEFUN_INGRESS_ROUTES",
         reason,
     };
-    let routes: Vec<IngressRoute> = serde_json::from_str(spec).map_err(|e| bad(e.to_string()))?;
-    for (i, r) in routes.iter().enumerate() {
-        if r.target == "auto" {
-            continue;
-        }
-        TypeName::parse(r.target.as_str()).map_err(|e| bad(format!("route {i}: target: {e}")))?;
-        if r.id.is_none() {
-            return Err(bad(format!(
-                "route {i}: `id` is required unless target is \"auto\""
-            )));
-        }
-        let typename = r.typename.as_deref().ok_or_else(|| {
-            bad(format!(
-                "route {i}: `typename` is required unless target is \"auto\""
-            ))
-        })?;
-        TypeName::parse(typename).map_err(|e| bad(format!("route {i}: typename: {e}")))?;
-    }
-    Ok(routes)
+    let routes: Vec<RouteJson> = serde_json::from_str(spec).map_err(|e| bad(e.to_string()))?;
+    routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            if r.target == "auto" {
+                return Ok(SqsIngress {
+                    queue: r.queue,
+                    routing: SqsRouting::Routable,
+                });
+            }
+            let target = TypeName::parse(r.target.as_str())
+                .map_err(|e| bad(format!("route {i}: target: {e}")))?;
+            let id = match r.id {
+                Some(IdJson::Pointer(p)) => IdFrom::Pointer(p),
+                Some(IdJson::Attribute(a)) => IdFrom::Attribute(a),
+                None => {
+                    return Err(bad(format!(
+                        "route {i}: `id` is required unless target is \"auto\""
+                    )));
+                }
+            };
+            let typename = r.typename.as_deref().ok_or_else(|| {
+                bad(format!(
+                    "route {i}: `typename` is required unless target is \"auto\""
+                ))
+            })?;
+            let value_type =
+                TypeName::parse(typename).map_err(|e| bad(format!("route {i}: typename: {e}")))?;
+            Ok(SqsIngress {
+                queue: r.queue,
+                routing: SqsRouting::Targets {
+                    value_type,
+                    targets: vec![target],
+                    id,
+                },
+            })
+        })
+        .collect()
 }
 
 impl AwsConfig {
@@ -194,7 +212,7 @@ impl AwsConfig {
         };
         let egress = egress(&lookup("STATEFUN_EGRESS").unwrap_or_default())?;
         let ingress_routes = match lookup("STATEFUN_INGRESS_ROUTES") {
-            Some(spec) if !spec.trim().is_empty() => routes(&spec)?,
+            Some(spec) if !spec.trim().is_empty() => ingress_routes(&spec)?,
             _ => Vec::new(),
         };
         AwsConfig {
@@ -222,57 +240,27 @@ impl AwsConfig {
     /// `STATEFUN_EGRESS` (the one place egress targets are set on AWS).
     pub fn with_module(mut self, module: Module) -> Result<Self, ConfigError> {
         for e in &module.egresses {
-            let target = match &e.target {
-                module::EgressTarget::Sqs { queue_url } => EgressTarget::Sqs {
-                    queue_url: queue_url.clone(),
-                },
-                module::EgressTarget::Sns { topic_arn } => EgressTarget::Sns {
-                    topic_arn: topic_arn.clone(),
-                },
-                module::EgressTarget::Stdout => continue,
-                module::EgressTarget::External { kind } => {
-                    if self.egress.contains_key(&e.id) {
-                        continue;
-                    }
-                    return Err(ConfigError {
-                        variable: "STATEFUN_EGRESS",
-                        reason: format!(
-                            "the module declares egress {id} ({kind}), which has no sink here: \
-                             add {id}=sqs:<queue url> or {id}=sns:<topic arn>",
-                            id = e.id
-                        ),
-                    });
+            match &e.target {
+                module::EgressTarget::Sink(sink) => {
+                    self.egress.insert(e.id.clone(), sink.clone());
                 }
-            };
-            self.egress.insert(e.id.clone(), target);
-        }
-        for i in &module.sqs_ingresses {
-            match &i.routing {
-                module::SqsRouting::Routable => self.ingress_routes.push(IngressRoute {
-                    queue: i.queue.clone(),
-                    target: "auto".into(),
-                    id: None,
-                    typename: None,
-                }),
-                module::SqsRouting::Targets {
-                    value_type,
-                    targets,
-                    id,
-                } => {
-                    for t in targets {
-                        self.ingress_routes.push(IngressRoute {
-                            queue: i.queue.clone(),
-                            target: t.to_string(),
-                            id: Some(match id {
-                                module::IdFrom::Pointer(p) => IdSource::Pointer(p.clone()),
-                                module::IdFrom::Attribute(a) => IdSource::Attribute(a.clone()),
-                            }),
-                            typename: Some(value_type.to_string()),
+                module::EgressTarget::Stdout => {}
+                module::EgressTarget::External { kind } => {
+                    if !self.egress.contains_key(&e.id) {
+                        return Err(ConfigError {
+                            variable: "STATEFUN_EGRESS",
+                            reason: format!(
+                                "the module declares egress {id} ({kind}), which has no sink here: \
+                                 add {id}=sqs:<queue url> or {id}=sns:<topic arn>",
+                                id = e.id
+                            ),
                         });
                     }
                 }
             }
         }
+        self.ingress_routes
+            .extend(module.sqs_ingresses.iter().cloned());
         self.module = module;
         Ok(self)
     }
@@ -324,7 +312,7 @@ mod tests {
         .expect("configured");
         assert_eq!(
             c.egress[&TypeName::from_static("tasks/out")],
-            EgressTarget::Sqs {
+            Sink::Sqs {
                 queue_url: "http://q/out".into()
             }
         );
@@ -342,10 +330,53 @@ mod tests {
         assert_eq!(c.max_delay_hop, Duration::from_secs(900));
         assert_eq!(
             c.egress[&TypeName::from_static("example/alerts")],
-            EgressTarget::Sns {
+            Sink::Sns {
                 topic_arn: "arn:aws:sns:us-east-1:1:alerts".into()
             }
         );
+    }
+
+    #[test]
+    fn env_routes_and_module_routes_are_one_vocabulary() {
+        let dir = std::env::temp_dir().join(format!("statefun-routes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("module.yaml");
+        std::fs::write(
+            &path,
+            "kind: io.statefun-lambda.ingress.v1/sqs\nspec:\n  queues:\n    - queue: people\n      \
+             valueType: example/GreetRequest\n      targets: [example/person, example/audit]\n      \
+             id: { pointer: /name }\n",
+        )
+        .expect("write");
+        let c = AwsConfig::from_lookup(vars(&[
+            ("STATEFUN_MODULE", path.to_str().expect("utf-8 path")),
+            (
+                "STATEFUN_INGRESS_ROUTES",
+                r#"[{"queue":"cmds","target":"auto"},{"queue":"people2","target":"example/person","typename":"example/GreetRequest","id":{"pointer":"/name"}}]"#,
+            ),
+        ]))
+        .expect("valid");
+        let module =
+            Module::parse("m", &std::fs::read_to_string(&path).expect("read")).expect("module");
+        assert_eq!(
+            c.ingress_routes,
+            vec![
+                SqsIngress {
+                    queue: "cmds".into(),
+                    routing: SqsRouting::Routable
+                },
+                SqsIngress {
+                    queue: "people2".into(),
+                    routing: SqsRouting::Targets {
+                        value_type: TypeName::from_static("example/GreetRequest"),
+                        targets: vec![TypeName::from_static("example/person")],
+                        id: IdFrom::Pointer("/name".into()),
+                    }
+                },
+                module.sqs_ingresses[0].clone(),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]

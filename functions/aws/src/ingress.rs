@@ -1,6 +1,6 @@
 //! The SQS ingress Lambda: records of users' queues become messages to addresses.
 //!
-//! Each source queue has a route ([`IngressRoute`]): either a fixed function type with
+//! Each source queue has a route (the module's `SqsIngress`, also from `STATEFUN_INGRESS_ROUTES`): either a fixed function type with
 //! the id taken from a JSON pointer into the body or from a message attribute, the body
 //! delivered unchanged under the route's type name (like StateFun's Kafka ingress); or
 //! `auto`, where the body is a routable envelope
@@ -18,13 +18,13 @@ use serde_json::Value as Json;
 use statefun_core::ports::Clock;
 use statefun_core::{Address, Envelope, MessageId, Registry, TypeName, TypedValue, builtin};
 
-use crate::config::{IdSource, IngressRoute};
 use crate::dead_letter::DeadLetters;
 use crate::metrics::Metrics;
 use crate::transport::SqsTransport;
+use statefun_core::module::{IdFrom, SqsIngress as Route, SqsRouting};
 
 pub struct SqsIngress {
-    routes: Vec<IngressRoute>,
+    routes: Vec<Route>,
     registry: Arc<Registry>,
     transport: SqsTransport,
     dead_letters: DeadLetters,
@@ -97,14 +97,16 @@ fn routable(body: &str) -> Result<(Address, TypedValue), String> {
     Ok((Address::new(function_type, r.target.id), value))
 }
 
+/// A record of a queue with fixed targets: the same message for each of them.
 fn routed(
-    route: &IngressRoute,
+    value_type: &TypeName,
+    targets: &[TypeName],
+    id: &IdFrom,
     record: &SqsMessage,
     body: &str,
-) -> Result<(Address, TypedValue), String> {
-    let function_type = TypeName::parse(route.target.as_str()).map_err(|e| e.to_string())?;
-    let id = match &route.id {
-        Some(IdSource::Pointer(pointer)) => {
+) -> Result<Vec<(Address, TypedValue)>, String> {
+    let id = match id {
+        IdFrom::Pointer(pointer) => {
             let json: Json =
                 serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
             match json.pointer(pointer) {
@@ -114,27 +116,25 @@ fn routed(
                 None => return Err(format!("the body has nothing at {pointer}")),
             }
         }
-        Some(IdSource::Attribute(name)) => record
+        IdFrom::Attribute(name) => record
             .message_attributes
             .get(name)
             .and_then(|a| a.string_value.clone())
             .ok_or_else(|| format!("no string message attribute {name}"))?,
-        None => return Err("the route has no id source".into()),
     };
     if id.is_empty() {
         return Err("the id is empty".into());
     }
-    let typename =
-        TypeName::parse(route.typename.clone().unwrap_or_default()).map_err(|e| e.to_string())?;
-    Ok((
-        Address::new(function_type, id),
-        TypedValue::from_bytes(typename, body.as_bytes().to_vec()),
-    ))
+    let value = TypedValue::from_bytes(value_type.clone(), body.as_bytes().to_vec());
+    Ok(targets
+        .iter()
+        .map(|t| (Address::new(t.clone(), id.clone()), value.clone()))
+        .collect())
 }
 
 impl SqsIngress {
     pub fn new(
-        routes: Vec<IngressRoute>,
+        routes: Vec<Route>,
         registry: Arc<Registry>,
         transport: SqsTransport,
         dead_letters: DeadLetters,
@@ -158,27 +158,34 @@ impl SqsIngress {
         self
     }
 
-    fn route(&self, record: &SqsMessage, body: &str) -> Result<(Address, TypedValue), String> {
+    fn route(&self, record: &SqsMessage, body: &str) -> Result<Vec<(Address, TypedValue)>, String> {
         let arn = record.event_source_arn.clone().unwrap_or_default();
         let route = self
             .routes
             .iter()
             .find(|r| matches(&r.queue, &arn))
             .ok_or_else(|| format!("no ingress route for queue {arn}"))?;
-        let (address, value) = if route.target == "auto" {
-            routable(body)?
-        } else {
-            routed(route, record, body)?
+        let messages = match &route.routing {
+            SqsRouting::Routable => vec![routable(body)?],
+            SqsRouting::Targets {
+                value_type,
+                targets,
+                id,
+            } => routed(value_type, targets, id, record, body)?,
         };
-        let remote =
-            statefun_core::remote::RemoteFunctions::serves(&self.remote, &address.function_type);
-        if !remote && !self.registry.contains(&address.function_type) {
-            return Err(format!(
-                "no function is registered for type {}",
-                address.function_type
-            ));
+        for (address, _) in &messages {
+            let remote = statefun_core::remote::RemoteFunctions::serves(
+                &self.remote,
+                &address.function_type,
+            );
+            if !remote && !self.registry.contains(&address.function_type) {
+                return Err(format!(
+                    "no function is registered for type {}",
+                    address.function_type
+                ));
+            }
         }
-        Ok((address, value))
+        Ok(messages)
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -190,14 +197,18 @@ impl SqsIngress {
             let id = record.message_id.clone().unwrap_or_default();
             let body = record.body.clone().unwrap_or_default();
             match self.route(record, &body) {
-                Ok((target, value)) => {
-                    routed_records.push(id.clone());
-                    envelopes.push(Envelope {
-                        id: MessageId::Keyed(format!("sqs:{id}")),
-                        target,
-                        caller: None,
-                        value,
-                    });
+                Ok(messages) => {
+                    // One message per target, all under the record's id (ids are unique
+                    // per target): a redelivered record is applied once by each.
+                    for (target, value) in messages {
+                        routed_records.push(id.clone());
+                        envelopes.push(Envelope {
+                            id: MessageId::Keyed(format!("sqs:{id}")),
+                            target,
+                            caller: None,
+                            value,
+                        });
+                    }
                 }
                 Err(reason) => {
                     let group = record
@@ -219,7 +230,7 @@ impl SqsIngress {
             .iter()
             .zip(self.transport.send_to_inbox(&envelopes).await)
         {
-            if error.is_some() {
+            if error.is_some() && !failed.contains(id) {
                 failed.push(id.clone());
             }
         }
@@ -230,5 +241,33 @@ impl SqsIngress {
                 .emf("sqs-ingress", records, self.clock.now_ms())
         );
         crate::batch_response(&failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_a_queue_with_several_targets_goes_to_each_of_them() {
+        let targets = [
+            TypeName::from_static("example/person"),
+            TypeName::from_static("example/audit"),
+        ];
+        let messages = routed(
+            &TypeName::from_static("example/GreetRequest"),
+            &targets,
+            &IdFrom::Pointer("/name".into()),
+            &SqsMessage::default(),
+            r#"{"name":"Bob"}"#,
+        )
+        .expect("routed");
+        let addresses: Vec<String> = messages.iter().map(|(a, _)| a.to_string()).collect();
+        assert_eq!(addresses, vec!["example/person/Bob", "example/audit/Bob"]);
+        assert!(
+            messages
+                .iter()
+                .all(|(_, v)| v.value.as_deref() == Some(br#"{"name":"Bob"}"#.as_slice()))
+        );
     }
 }

@@ -25,9 +25,9 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use statefun_core::ports::{Clock, Transport, TransportError};
 use statefun_core::{EgressRecord, Envelope, OutboxEntry, RetryPolicy, TypeName, view};
 
-use crate::config::EgressTarget;
 use crate::keys::{dedup_id, group_id, message_dedup_id};
 use crate::metrics::Metrics;
+use statefun_core::module::Sink as EgressTarget;
 
 /// SQS's limit for one message and for one batch request.
 pub const MAX_SQS_BYTES: usize = 256 * 1024;
