@@ -111,6 +111,10 @@ pub(crate) struct SendArgs {
 pub(crate) struct StateArgs {
     #[command(flatten)]
     aws: AwsArgs,
+    /// Read the embedded runtime's data dir instead of the AWS deployment (while no
+    /// runtime has it open; a running one answers GET /{namespace}/{type}/{id}).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     function_type: String,
     id: String,
 }
@@ -411,6 +415,18 @@ mod aws {
     }
 }
 
+/// `state --data-dir`: the embedded runtime's state of one instance.
+fn embedded_state(dir: &std::path::Path, function_type: &str, id: &str) -> anyhow::Result<()> {
+    let t = statefun_core::TypeName::parse(function_type)?;
+    anyhow::ensure!(!id.is_empty(), "the id must not be empty");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let address = statefun_core::Address::new(t, id);
+    println!("{}", statefun_embedded::state_json_at(dir, &address, now)?);
+    Ok(())
+}
+
 /// Runs one command of the CLI.
 pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
     app: &App<A>,
@@ -425,6 +441,12 @@ pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
         Command::Poll(args) => aws::poll(app, args).await,
         #[cfg(feature = "aws")]
         Command::Send(args) => aws::send(app, args).await,
+        Command::State(StateArgs {
+            data_dir: Some(dir),
+            function_type,
+            id,
+            ..
+        }) => embedded_state(&dir, &function_type, &id),
         #[cfg(feature = "aws")]
         Command::State(args) => aws::state(app, args).await,
         #[cfg(not(feature = "aws"))]

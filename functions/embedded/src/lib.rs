@@ -234,6 +234,22 @@ impl EgressSink for StdoutEgress {
     }
 }
 
+/// An instance's committed state as JSON, read from a data dir no runtime has open
+/// (`statefun-lambda state --data-dir`); a running runtime answers `GET` instead.
+pub fn state_json_at(
+    data_dir: &std::path::Path,
+    address: &Address,
+    now_ms: u64,
+) -> Result<serde_json::Value, EmbeddedError> {
+    let db = store::open_existing(data_dir)?;
+    let record = store::read_state(&db, address)?;
+    Ok(statefun_core::view::state_json(
+        address,
+        record.as_ref(),
+        now_ms,
+    ))
+}
+
 /// A running embedded runtime.
 #[derive(Debug)]
 pub struct Runtime {

@@ -106,6 +106,30 @@ pub(crate) fn open(data_dir: &Path) -> Result<Database, EmbeddedError> {
 }
 
 /// Reads one instance record.
+/// Opens a data dir's store for reading, refusing one a running runtime holds.
+pub(crate) fn open_existing(data_dir: &Path) -> Result<Database, EmbeddedError> {
+    let path = data_dir.join("statefun.redb");
+    if !path.exists() {
+        return Err(EmbeddedError::Io(
+            data_dir.display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no statefun-lambda data here (statefun.redb)",
+            ),
+        ));
+    }
+    Database::open(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => EmbeddedError::Io(
+            data_dir.display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::ResourceBusy,
+                "a running runtime has it open: ask it, GET /{namespace}/{type}/{id}",
+            ),
+        ),
+        other => EmbeddedError::Database(other.into()),
+    })
+}
+
 pub(crate) fn read_state(
     db: &Database,
     address: &Address,

@@ -302,3 +302,36 @@ fn a_flink_module_with_kafka_and_kinesis_kinds_starts_and_says_what_serves_its_i
     assert_eq!(status, 202, "{body}");
     assert!(s.settles(|| { s.get_json("/example/counter/kafka")["state"]["count"]["value"] == 2 }));
 }
+
+#[test]
+fn state_reads_a_data_dir_no_runtime_holds_and_points_at_the_running_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &[]);
+    s.post("/example/counter/dd", LONG, None, b"7")
+        .expect("post");
+    assert!(s.settles(|| { s.get_json("/example/counter/dd")["state"]["count"]["value"] == 7 }));
+    let state = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+            .args(["state", "--data-dir"])
+            .arg(dir)
+            .args(["example/counter", "dd"])
+            .output()
+            .expect("statefun-lambda state")
+    };
+    let busy = state(dir.path());
+    assert!(
+        !busy.status.success()
+            && String::from_utf8_lossy(&busy.stderr).contains("a running runtime has it open"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    drop(s);
+    let out = state(dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
+    assert_eq!(json["state"]["count"]["value"], 7, "{json}");
+}
