@@ -13,8 +13,13 @@ if [ ! -x .venv-deploy/bin/sam ] || [ ! -x .venv-deploy/bin/cfn-lint ] || [ ! -x
 fi
 export PATH="$PWD/.venv-deploy/bin:$PATH"
 
-echo "== sam validate --lint"
+echo "== sam validate, and --lint"
+SAM_CLI_TELEMETRY=0 sam validate -t template.yaml --region us-east-1
 SAM_CLI_TELEMETRY=0 sam validate --lint -t template.yaml
+echo "== the SAM transform, as a deploy runs it, for both HttpAuth values"
+.venv-deploy/bin/python scripts/sam_transform.py template.yaml HttpAuth=IAM
+.venv-deploy/bin/python scripts/sam_transform.py template.yaml HttpAuth=JWT \
+  JwtIssuer=https://issuer.example JwtAudience=statefun
 echo "== cfn-lint"
 cfn-lint template.yaml
 echo "== cargo lambda build --release (x86_64), as sam build runs it for every function"
