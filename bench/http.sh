@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-64}
 port=18090
-cargo build --release -q --bin statefun-lambda
+cargo build --profile bench -q --bin statefun-lambda   # the speed profile (release is sized for Lambda)
 bin=target/release/statefun-lambda
 
 sum_counts() { # addresses

@@ -26,6 +26,11 @@ echo "== cargo lambda build --release (x86_64), as sam build runs it for every f
 # One binary for every role; [package.metadata.lambda.build] turns on its aws feature.
 cargo lambda build --release --x86-64 --bin statefun-lambda
 ls -l target/lambda/statefun-lambda/bootstrap
+# The package budget (issue 11): a regression in size is a deploy-time cost, caught here.
+size=$(stat -c %s target/lambda/statefun-lambda/bootstrap)
+if [ "$size" -gt 10000000 ]; then
+  echo "the Lambda binary is $size bytes, over the 10 MB budget" >&2; exit 1
+fi
 
 echo "== statefun-lambda new: the scaffold validates and builds as a user's project"
 scaffold=$(mktemp -d)

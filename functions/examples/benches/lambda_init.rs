@@ -2,15 +2,21 @@
 //! an event on a local Lambda Runtime API (what Lambda bills as Init Duration, less the
 //! sandbox's own start), per role, over 30 starts each; and the binary's size.
 //!
-//! `cargo bench -p statefun-examples --bench lambda_init` (a release build, with the
-//! `aws` feature as cargo lambda builds it). The AWS endpoints are set but never called:
+//! `cargo bench -p statefun-examples --bench lambda_init` starts this bench's build of
+//! the binary (with the `aws` feature); set `STATEFUN_LAMBDA_BINARY` to time another,
+//! e.g. the deployed package `target/lambda/statefun-lambda/bootstrap`. The AWS endpoints are set but never called:
 //! a cold start builds clients, it does not use them.
 
 use std::time::{Duration, Instant};
 
 use statefun_e2e::LambdaRuntimeApi;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_statefun-lambda");
+/// The binary to start: `STATEFUN_LAMBDA_BINARY` (e.g. the package cargo lambda built,
+/// `target/lambda/statefun-lambda/bootstrap`), else this bench's own build of it.
+fn binary() -> String {
+    std::env::var("STATEFUN_LAMBDA_BINARY")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_statefun-lambda").to_string())
+}
 const STARTS: usize = 30;
 
 fn init_time(role: &str) -> Duration {
@@ -33,7 +39,7 @@ fn init_time(role: &str) -> Duration {
         ("RUST_LOG", "warn"),
     ];
     let started = Instant::now();
-    let mut child = api.spawn(BINARY, role, &env);
+    let mut child = api.spawn(&binary(), role, &env);
     let ready = loop {
         if let Some(at) = api.first_next() {
             break at;
