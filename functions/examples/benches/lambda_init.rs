@@ -55,8 +55,12 @@ fn init_time(role: &str) -> Duration {
 }
 
 fn main() {
-    let size = std::fs::metadata(BINARY).map_or(0, |m| m.len());
-    println!("binary {BINARY}: {:.1} MB", size as f64 / (1024.0 * 1024.0));
+    let binary = binary();
+    let size = std::fs::metadata(&binary).map_or(0, |m| m.len());
+    println!(
+        "binary {binary}: {:.2} MB ({size} bytes)",
+        size as f64 / 1_000_000.0
+    );
     println!("Lambda init, process start to first GET /runtime/invocation/next ({STARTS} starts):");
     for role in [
         "dispatcher",
