@@ -474,6 +474,21 @@ impl Doc<'_> {
         })
     }
 
+    /// `{path}.targets`: a non-empty list of function types.
+    fn targets(&self, item: &Json, path: &str) -> Result<Vec<TypeName>, ModuleError> {
+        match item.get("targets") {
+            Some(Json::Array(ts)) if !ts.is_empty() => ts
+                .iter()
+                .enumerate()
+                .map(|(j, t)| self.typename(t, &format!("{path}.targets[{j}]")))
+                .collect(),
+            _ => Err(self.error(
+                &format!("{path}.targets"),
+                "expected a non-empty list of function types",
+            )),
+        }
+    }
+
     fn sqs_ingresses(&self, spec: &Json) -> Result<Vec<SqsIngress>, ModuleError> {
         let Some(Json::Array(queues)) = field(spec, "spec.queues") else {
             return Err(self.error("spec.queues", "expected a list of queues"));
@@ -502,19 +517,7 @@ impl Doc<'_> {
                         ));
                     }
                 };
-                let targets = match q.get("targets") {
-                    Some(Json::Array(ts)) if !ts.is_empty() => ts
-                        .iter()
-                        .enumerate()
-                        .map(|(j, t)| self.typename(t, &format!("{path}.targets[{j}]")))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    _ => {
-                        return Err(self.error(
-                            &format!("{path}.targets"),
-                            "expected a non-empty list of function types",
-                        ));
-                    }
-                };
+                let targets = self.targets(q, &path)?;
                 let id = match (
                     q.get("id").and_then(|i| i.get("pointer")),
                     q.get("id").and_then(|i| i.get("attribute")),
@@ -623,19 +626,7 @@ impl Doc<'_> {
                     Some(v) => self.typename(v, &format!("{at}.valueType"))?,
                     None => return Err(self.error(&format!("{at}.valueType"), "missing")),
                 };
-                let targets = match item.get("targets") {
-                    Some(Json::Array(ts)) if !ts.is_empty() => ts
-                        .iter()
-                        .enumerate()
-                        .map(|(j, t)| self.typename(t, &format!("{at}.targets[{j}]")))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    _ => {
-                        return Err(self.error(
-                            &format!("{at}.targets"),
-                            "expected a non-empty list of function types",
-                        ));
-                    }
-                };
+                let targets = self.targets(item, &at)?;
                 Ok(ExternalSource {
                     name,
                     value_type,
