@@ -24,8 +24,10 @@ fn cargo(dir: &Path, args: &[&str]) -> Command {
     command
         .current_dir(dir)
         .args(args)
-        .env("CARGO_TARGET_DIR", target_dir())
-        .env_remove("RUSTUP_TOOLCHAIN");
+        // Keeps RUSTUP_TOOLCHAIN (this build's, the new project's too): without it,
+        // rustc for a registry crate resolves the crate's own toolchain file (redb pins
+        // one) when run from its directory.
+        .env("CARGO_TARGET_DIR", target_dir());
     command
 }
 
