@@ -23,4 +23,11 @@ if [ ! -x .venv-sdk/bin/python ] || ! .venv-sdk/bin/python -c 'import statefun, 
   .venv-sdk/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
+if [ ! -x .venv-ministack/bin/ministack ] || [ ! -x .venv-ministack/bin/aws ]; then
+  echo "== installing MiniStack, awscli and the SAM translator into .venv-ministack"
+  python3 -m venv .venv-ministack
+  .venv-ministack/bin/pip install --quiet --disable-pip-version-check \
+    'ministack==1.5.33' 'aws-sam-translator==1.115.0' 'awscli==1.46.3'
+fi
+
 cargo test --workspace --locked "$@"

@@ -30,13 +30,13 @@ fn moto_binary() -> PathBuf {
     venv
 }
 
-fn answers(port: u16) -> bool {
+/// Whether an HTTP server on `port` answers `GET path`.
+fn answers_at(port: u16, path: &str) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req =
-        format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     let mut buf = [0u8; 12];
     s.write_all(req.as_bytes()).is_ok()
         && s.read(&mut buf).is_ok_and(|n| n > 0)
@@ -61,7 +61,7 @@ impl Moto {
             url: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + START_GUARD;
-        while !answers(port) {
+        while !answers_at(port, "/moto-api/") {
             if let Ok(Some(status)) = moto.child.try_wait() {
                 panic!("moto_server exited: {status}");
             }
@@ -168,6 +168,77 @@ impl DynamoDbLocal {
 }
 
 impl Drop for DynamoDbLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A MiniStack process (PyPI `ministack`, from `.venv-ministack`, or `MINISTACK`):
+/// CloudFormation with the SAM transform, `provided.al2023` Lambdas as local processes,
+/// SQS event sources, DynamoDB, API Gateway v2; bound to loopback. Stopping it stops
+/// the Lambda processes it started.
+#[derive(Debug)]
+pub struct MiniStack {
+    child: Child,
+    pub url: String,
+    /// Where it unpacks Lambda code (its TMPDIR), removed with it.
+    _scratch: tempfile::TempDir,
+}
+
+/// The venv `scripts/test.sh` installs MiniStack, awscli and the SAM translator into.
+pub fn ministack_venv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-ministack")
+}
+
+impl MiniStack {
+    pub fn start() -> MiniStack {
+        let binary = std::env::var_os("MINISTACK")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| ministack_venv().join("bin/ministack"));
+        assert!(
+            binary.exists(),
+            "MiniStack not found at {}: bash scripts/test.sh installs it, or set MINISTACK",
+            binary.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let scratch = tempfile::tempdir().expect("a scratch dir for ministack");
+        let child = Command::new(binary)
+            .env("AUTH", "false")
+            .env("GATEWAY_PORT", port.to_string())
+            .env("BIND_HOST", "127.0.0.1")
+            .env("MINISTACK_HOST", "127.0.0.1")
+            .env("IOT_MTLS_ENABLED", "0")
+            .env("SFTP_ENABLED", "0")
+            .env("AWS_ENDPOINT_URL", &url)
+            .env("TMPDIR", scratch.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ministack");
+        let mut ministack = MiniStack {
+            child,
+            url,
+            _scratch: scratch,
+        };
+        let deadline = Instant::now() + START_GUARD;
+        while !answers_at(port, "/_ministack/health") {
+            if let Ok(Some(status)) = ministack.child.try_wait() {
+                panic!("ministack exited: {status}");
+            }
+            assert!(Instant::now() < deadline, "ministack hangs at start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ministack
+    }
+}
+
+impl Drop for MiniStack {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
