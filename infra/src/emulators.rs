@@ -30,6 +30,19 @@ fn moto_binary() -> PathBuf {
     venv
 }
 
+/// Waits until `child` answers `GET path` on `port`; a process that exits is reported at
+/// once, one that neither answers nor exits within [`START_GUARD`] is a hang.
+fn wait_until_answers(child: &mut Child, port: u16, path: &str, name: &str) {
+    let deadline = Instant::now() + START_GUARD;
+    while !answers_at(port, path) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{name} exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "{name} hangs at start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether an HTTP server on `port` answers `GET path`.
 fn answers_at(port: u16, path: &str) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -60,14 +73,7 @@ impl Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + START_GUARD;
-        while !answers_at(port, "/moto-api/") {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "moto_server hangs at start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_answers(&mut moto.child, port, "/moto-api/", "moto_server");
         moto
     }
 }
@@ -226,14 +232,12 @@ impl MiniStack {
             url,
             _scratch: scratch,
         };
-        let deadline = Instant::now() + START_GUARD;
-        while !answers_at(port, "/_ministack/health") {
-            if let Ok(Some(status)) = ministack.child.try_wait() {
-                panic!("ministack exited: {status}");
-            }
-            assert!(Instant::now() < deadline, "ministack hangs at start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_answers(
+            &mut ministack.child,
+            port,
+            "/_ministack/health",
+            "ministack",
+        );
         ministack
     }
 }

@@ -139,6 +139,54 @@ except urllib.error.HTTPError as e:
     )
 }
 
+/// A standard queue: its URL and ARN.
+fn create_queue(ministack: &MiniStack, dir: &Path, name: &str) -> (String, String) {
+    let url = json(&aws(
+        ministack,
+        dir,
+        &["sqs", "create-queue", "--queue-name", name],
+    ))["QueueUrl"]
+        .as_str()
+        .expect("queue url")
+        .to_string();
+    let attributes = aws(
+        ministack,
+        dir,
+        &[
+            "sqs",
+            "get-queue-attributes",
+            "--queue-url",
+            &url,
+            "--attribute-names",
+            "QueueArn",
+        ],
+    );
+    let arn = json(&attributes)["Attributes"]["QueueArn"]
+        .as_str()
+        .expect("arn")
+        .to_string();
+    (url, arn)
+}
+
+/// What a queue has now (up to 10 messages, with their attributes).
+fn receive(ministack: &MiniStack, dir: &Path, queue: &str) -> Vec<Json> {
+    let got = json(&aws(
+        ministack,
+        dir,
+        &[
+            "sqs",
+            "receive-message",
+            "--queue-url",
+            queue,
+            "--max-number-of-messages",
+            "10",
+            "--message-attribute-names",
+            "All",
+        ],
+    ));
+    got["Messages"].as_array().cloned().unwrap_or_default()
+}
+
 /// Polls `check` while the stack works; gives up after [`Settling::STALL`] without the
 /// condition (a hang guard, not a speed target).
 fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -155,52 +203,8 @@ fn the_template_deployed_on_a_local_aws_serves_the_http_api_the_inbox_and_the_dl
     let dir = tempfile::tempdir().expect("tempdir");
     lay_out(dir.path());
     let d = dir.path();
-    let egress = json(&aws(
-        &ministack,
-        d,
-        &["sqs", "create-queue", "--queue-name", "dep-greets"],
-    ))["QueueUrl"]
-        .as_str()
-        .expect("queue url")
-        .to_string();
-    let egress_arn = json(&aws(
-        &ministack,
-        d,
-        &[
-            "sqs",
-            "get-queue-attributes",
-            "--queue-url",
-            &egress,
-            "--attribute-names",
-            "QueueArn",
-        ],
-    ))["Attributes"]["QueueArn"]
-        .as_str()
-        .expect("arn")
-        .to_string();
-    let people = json(&aws(
-        &ministack,
-        d,
-        &["sqs", "create-queue", "--queue-name", "dep-people"],
-    ))["QueueUrl"]
-        .as_str()
-        .expect("queue url")
-        .to_string();
-    let people_arn = json(&aws(
-        &ministack,
-        d,
-        &[
-            "sqs",
-            "get-queue-attributes",
-            "--queue-url",
-            &people,
-            "--attribute-names",
-            "QueueArn",
-        ],
-    ))["Attributes"]["QueueArn"]
-        .as_str()
-        .expect("arn")
-        .to_string();
+    let (egress, egress_arn) = create_queue(&ministack, d, "dep-greets");
+    let (people, people_arn) = create_queue(&ministack, d, "dep-people");
     aws(&ministack, d, &["s3", "mb", "s3://dep-artifacts"]);
     aws(
         &ministack,
@@ -351,21 +355,11 @@ fn the_template_deployed_on_a_local_aws_serves_the_http_api_the_inbox_and_the_dl
     });
     let mut greetings = Vec::new();
     until("the greeting on the egress queue", || {
-        let got = json(&aws(
-            &ministack,
-            d,
-            &[
-                "sqs",
-                "receive-message",
-                "--queue-url",
-                &egress,
-                "--max-number-of-messages",
-                "10",
-            ],
-        ));
-        for m in got["Messages"].as_array().into_iter().flatten() {
-            greetings.push(json(m["Body"].as_str().unwrap_or_default()));
-        }
+        greetings.extend(
+            receive(&ministack, d, &egress)
+                .iter()
+                .map(|m| json(m["Body"].as_str().unwrap_or_default())),
+        );
         !greetings.is_empty()
     });
     assert_eq!(greetings[0]["value"], "Hello Ada! 😎", "{greetings:?}");
@@ -387,21 +381,11 @@ fn the_template_deployed_on_a_local_aws_serves_the_http_api_the_inbox_and_the_dl
         state("example/person", "Bob")["state"]["visits"]["value"] == 1
     });
     until("Bob's greeting on the egress queue", || {
-        let got = json(&aws(
-            &ministack,
-            d,
-            &[
-                "sqs",
-                "receive-message",
-                "--queue-url",
-                &egress,
-                "--max-number-of-messages",
-                "10",
-            ],
-        ));
-        for m in got["Messages"].as_array().into_iter().flatten() {
-            greetings.push(json(m["Body"].as_str().unwrap_or_default()));
-        }
+        greetings.extend(
+            receive(&ministack, d, &egress)
+                .iter()
+                .map(|m| json(m["Body"].as_str().unwrap_or_default())),
+        );
         greetings.iter().any(|g| g["value"] == "Hello Bob! 😎")
     });
 
@@ -426,21 +410,7 @@ fn the_template_deployed_on_a_local_aws_serves_the_http_api_the_inbox_and_the_dl
     let dlq = format!("{}/000000000000/dep-dlq.fifo", ministack.url);
     let mut letters = Vec::new();
     until("the poison on the DLQ", || {
-        let got = json(&aws(
-            &ministack,
-            d,
-            &[
-                "sqs",
-                "receive-message",
-                "--queue-url",
-                &dlq,
-                "--max-number-of-messages",
-                "10",
-                "--message-attribute-names",
-                "All",
-            ],
-        ));
-        letters.extend(got["Messages"].as_array().into_iter().flatten().cloned());
+        letters.extend(receive(&ministack, d, &dlq));
         !letters.is_empty()
     });
     let reason = letters[0]["MessageAttributes"]["Reason"]["StringValue"]
