@@ -198,7 +198,18 @@ pub fn ministack_venv() -> PathBuf {
 }
 
 impl MiniStack {
+    /// MiniStack with IAM off (any signed request is allowed).
     pub fn start() -> MiniStack {
+        Self::start_auth(false)
+    }
+
+    /// MiniStack enforcing IAM (`AUTH=true`): the Lambdas' calls are checked against
+    /// their roles' policies.
+    pub fn start_with_iam() -> MiniStack {
+        Self::start_auth(true)
+    }
+
+    fn start_auth(iam: bool) -> MiniStack {
         let binary = std::env::var_os("MINISTACK")
             .map(PathBuf::from)
             .unwrap_or_else(|| ministack_venv().join("bin/ministack"));
@@ -214,8 +225,13 @@ impl MiniStack {
             .port();
         let url = format!("http://127.0.0.1:{port}");
         let scratch = tempfile::tempdir().expect("a scratch dir for ministack");
+        // Its log (the Lambdas' output included) where `MINISTACK_LOG` says, for debugging.
+        let log = match std::env::var_os("MINISTACK_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("MINISTACK_LOG")),
+            None => Stdio::null(),
+        };
         let child = Command::new(binary)
-            .env("AUTH", "false")
+            .env("AUTH", if iam { "true" } else { "false" })
             .env("GATEWAY_PORT", port.to_string())
             .env("BIND_HOST", "127.0.0.1")
             .env("MINISTACK_HOST", "127.0.0.1")
@@ -224,7 +240,7 @@ impl MiniStack {
             .env("AWS_ENDPOINT_URL", &url)
             .env("TMPDIR", scratch.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start ministack");
         let mut ministack = MiniStack {

@@ -64,6 +64,7 @@ impl DeadLetters {
                     aws_sdk_sqs::error::DisplayErrorContext(e)
                 ))
             })?;
+        self.metrics.dead_lettered();
         Ok(())
     }
 }

@@ -162,6 +162,7 @@ impl TimerForwarder {
                         .and_then(|k| cancelled.get(&k))
                         .is_none_or(|cancel| *cancel < t.issued)
                 });
+                self.metrics.timers_cancelled(dropped.len());
                 for t in &dropped {
                     debug!(address = %t.envelope.target, message_id = %t.envelope.id, "cancelled delayed message dropped");
                 }

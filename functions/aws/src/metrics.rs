@@ -20,6 +20,10 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     pub conflicts: u64,
     pub retries: u64,
+    /// Records moved to the dead-letter queue.
+    pub dead_lettered: u64,
+    /// Delayed messages dropped by the timer forwarder because they were cancelled.
+    pub timers_cancelled: u64,
 }
 
 impl Snapshot {
@@ -38,6 +42,8 @@ impl Snapshot {
         self.bytes_sent += other.bytes_sent;
         self.conflicts += other.conflicts;
         self.retries += other.retries;
+        self.dead_lettered += other.dead_lettered;
+        self.timers_cancelled += other.timers_cancelled;
     }
 
     /// One EMF line: CloudWatch turns it into metrics in namespace `statefun-lambda`.
@@ -56,6 +62,8 @@ impl Snapshot {
                         {"Name": "BytesSent", "Unit": "Bytes"},
                         {"Name": "Conflicts", "Unit": "Count"},
                         {"Name": "Retries", "Unit": "Count"},
+                        {"Name": "DeadLettered", "Unit": "Count"},
+                        {"Name": "TimersCancelled", "Unit": "Count"},
                     ],
                 }],
             },
@@ -67,6 +75,8 @@ impl Snapshot {
             "BytesSent": self.bytes_sent,
             "Conflicts": self.conflicts,
             "Retries": self.retries,
+            "DeadLettered": self.dead_lettered,
+            "TimersCancelled": self.timers_cancelled,
         });
         for (api, n) in &self.requests {
             line[format!("Requests.{api}")] = json!(n);
@@ -114,6 +124,14 @@ impl Metrics {
 
     pub fn retry(&self) {
         self.with(|s| s.retries += 1);
+    }
+
+    pub fn dead_lettered(&self) {
+        self.with(|s| s.dead_lettered += 1);
+    }
+
+    pub fn timers_cancelled(&self, n: usize) {
+        self.with(|s| s.timers_cancelled += n as u64);
     }
 
     /// Returns the counts so far and starts again from zero (adding them to the totals).
