@@ -5,12 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv-deploy/bin/sam ] || [ ! -x .venv-deploy/bin/cfn-lint ] || [ ! -x .venv-deploy/bin/cargo-lambda ]; then
-  echo "== installing aws-sam-cli, cfn-lint and cargo-lambda into .venv-deploy"
-  python3 -m venv .venv-deploy
-  .venv-deploy/bin/pip install --quiet --disable-pip-version-check \
-    'aws-sam-cli==1.170.0' 'cfn-lint==1.58.0' 'cargo-lambda==1.9.2'
-fi
+. scripts/tools.sh
+install_deploy_tools
 export PATH="$PWD/.venv-deploy/bin:$PATH"
 
 echo "== sam validate, and --lint"

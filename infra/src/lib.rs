@@ -2,6 +2,8 @@
 //! - [`local`]: create the resources a deployment uses (as `template.yaml` declares
 //!   them), play Lambda's SQS event source against them, enqueue a message, read an
 //!   instance's state — the `provision`, `poll`, `send` and `state` commands;
+//! - [`ops`]: the dead-letter queue (list, replay) and egress queues (tail) — the
+//!   `dlq` and `egress` commands;
 //! - [`emulators`]: start and stop moto server and DynamoDB Local for tests and local
 //!   runs.
 //!
@@ -10,3 +12,4 @@
 
 pub mod emulators;
 pub mod local;
+pub mod ops;

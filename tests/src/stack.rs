@@ -1,20 +1,12 @@
-//! The real `template.yaml`, deployed to a local AWS (MiniStack, no Docker) with a
-//! `statefun-lambda` binary laid out as `sam build` leaves it, and the public interfaces
-//! to drive it: the HTTP API (SigV4-signed or not), the queues, CloudWatch Logs and
-//! `statefun-lambda state`. Used by the deployed-stack suite and its benchmark.
+//! The real `template.yaml`, deployed to a local AWS (MiniStack, no Docker) the way a
+//! user deploys it: a `statefun-lambda` binary laid out as `sam build` leaves it (each
+//! function's code in its own directory), `sam deploy` with `AWS_ENDPOINT_URL`, then
+//! `infra/ministack-fixups.sh` (the MiniStack gaps it names: event-source concurrency,
+//! HTTP API routes, the batch-send action name under IAM). Then the public interfaces to drive it: the HTTP
+//! API (SigV4-signed or not), the queues, CloudWatch Logs and `statefun-lambda state`.
+//! Used by the deployed-stack suite and its benchmark.
 //!
-//! MiniStack 1.5.33 gaps, worked around in this setup only (never in the template):
-//! - a `Number` parameter reaches `ScalingConfig.MaximumConcurrency` as a string and
-//!   stops its SQS poller: the deployed copy has the literal default (10);
-//! - it ignores the OpenAPI body SAM generates for an `HttpApi`: the integration and
-//!   routes are created after deploy with `apigatewayv2`;
-//! - `cloudformation package` (awscli v1) ignores the Globals `CodeUri`: every function
-//!   of the copy names its code directory, as `sam build` output does;
-//! - awscli v1's `sqs` commands ignore `AWS_ENDPOINT_URL`: `--endpoint-url` is passed;
-//! - with `AUTH=true` it authorises `SendMessageBatch` as `sqs:SendMessageBatch`, which
-//!   is not an IAM action on AWS (a batch is authorised by `sqs:SendMessage`, which the
-//!   template grants): [`Stack::deploy`] adds that name beside each `sqs:SendMessage`
-//!   of the deployed copy, and nothing else.
+//! awscli v1's `sqs` commands ignore `AWS_ENDPOINT_URL`: `--endpoint-url` is passed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,6 +29,11 @@ pub fn until(what: &str, mut check: impl FnMut() -> bool) {
 
 pub fn json(text: &str) -> Json {
     serde_json::from_str(text).unwrap_or(Json::Null)
+}
+
+/// The repository's root: the template, `infra/`, the tool venvs.
+fn tools() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// What a deployment is given beyond the template's defaults.
@@ -88,40 +85,39 @@ impl Stack {
         stack.lay_out(&options);
         let (egress, egress_arn) = stack.create_queue(&format!("{prefix}-out"));
         let (people, people_arn) = stack.create_queue(&format!("{prefix}-people"));
-        let bucket = format!("s3://{prefix}-artifacts");
-        stack.aws(&["s3", "mb", &bucket]);
-        stack.aws(&[
-            "cloudformation",
-            "package",
-            "--template-file",
-            "template.yaml",
-            "--s3-bucket",
-            &bucket[5..],
-            "--output-template-file",
-            "packaged.yaml",
-        ]);
+        // A JSON value goes to `--parameter-overrides` quoted, its quotes escaped.
         let ingress_routes = format!(
-            r#"IngressRoutes=[{{"queue":"{prefix}-people","target":"example/person","id":{{"pointer":"/name"}},"typename":"example/GreetRequest"}}]"#
+            r#"IngressRoutes="{}""#,
+            json!([{"queue": format!("{prefix}-people"), "target": "example/person",
+                "id": {"pointer": "/name"}, "typename": "example/GreetRequest"}])
+            .to_string()
+            .replace('"', "\\\"")
         );
-        stack.aws(&[
-            "cloudformation",
-            "deploy",
-            "--template-file",
-            "packaged.yaml",
-            "--stack-name",
-            prefix,
-            "--capabilities",
-            "CAPABILITY_IAM",
-            "CAPABILITY_AUTO_EXPAND",
-            "--parameter-overrides",
-            &format!("Prefix={prefix}"),
-            "HttpAuth=IAM",
-            "Architecture=x86_64",
-            &format!("EgressRoutes=example/greets=sqs:{egress},example/basket-events=sqs:{egress}"),
-            &format!("EgressQueueArn={egress_arn}"),
-            &format!("IngressQueueArn={people_arn}"),
-            &ingress_routes,
-        ]);
+        stack.tool(
+            &tools().join(".venv-deploy/bin/sam"),
+            &[
+                "deploy",
+                "--template-file",
+                "template.yaml",
+                "--stack-name",
+                prefix,
+                "--capabilities",
+                "CAPABILITY_IAM",
+                "CAPABILITY_AUTO_EXPAND",
+                "--resolve-s3",
+                "--no-confirm-changeset",
+                "--parameter-overrides",
+                &format!("Prefix={prefix}"),
+                "HttpAuth=IAM",
+                "Architecture=x86_64",
+                &format!(
+                    "EgressRoutes=example/greets=sqs:{egress},example/basket-events=sqs:{egress}"
+                ),
+                &format!("EgressQueueArn={egress_arn}"),
+                &format!("IngressQueueArn={people_arn}"),
+                &ingress_routes,
+            ],
+        );
         let status =
             json(&stack.aws(&["cloudformation", "describe-stacks", "--stack-name", prefix]));
         assert_eq!(
@@ -130,29 +126,57 @@ impl Stack {
         );
         stack.egress = egress;
         stack.people = people;
-        stack.api = stack.route_http_api();
+        stack.api = stack
+            .tool(
+                Path::new("bash"),
+                &[
+                    tools()
+                        .join("infra/ministack-fixups.sh")
+                        .to_str()
+                        .expect("path"),
+                    prefix,
+                ],
+            )
+            .trim()
+            .to_string();
         stack
     }
 
-    /// Runs `aws` (awscli from the MiniStack venv) against this MiniStack.
-    pub fn aws(&self, args: &[&str]) -> String {
-        let out = Command::new(ministack_venv().join("bin/aws"))
+    /// Runs a command the way a user would against this MiniStack: `AWS_ENDPOINT_URL`
+    /// and test credentials set, awscli on the `PATH`.
+    fn tool(&self, program: &Path, args: &[&str]) -> String {
+        let path = format!(
+            "{}:{}",
+            ministack_venv().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new(program)
             .current_dir(self.dir.path())
-            .args(["--endpoint-url", &self.ministack.url, "--output", "json"])
             .args(args)
+            .env("PATH", path)
             .env("AWS_ENDPOINT_URL", &self.ministack.url)
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("SAM_CLI_TELEMETRY", "0")
             .output()
-            .expect("run aws");
+            .expect("run a deploy tool");
         assert!(
             out.status.success(),
-            "aws {args:?}: {}{}",
+            "{program:?} {args:?}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Runs `aws` (awscli from the MiniStack venv) against this MiniStack.
+    pub fn aws(&self, args: &[&str]) -> String {
+        let args: Vec<&str> = ["--endpoint-url", &self.ministack.url, "--output", "json"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        self.tool(&ministack_venv().join("bin/aws"), &args)
     }
 
     /// A queue's URL from its name.
@@ -160,10 +184,10 @@ impl Stack {
         format!("{}/000000000000/{name}", self.ministack.url)
     }
 
-    /// The template as `sam build` leaves it (code per function), with the gaps above
-    /// worked around and `options.env` added.
+    /// The template as `sam build` leaves it (each function's code in its directory),
+    /// with `options.env` added.
     fn lay_out(&self, options: &Options) {
-        let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+        let template = tools().join("template.yaml");
         let mut template: Json =
             serde_norway::from_str(&std::fs::read_to_string(template).expect("template.yaml"))
                 .expect("YAML");
@@ -179,38 +203,10 @@ impl Stack {
             .expect("resources")
             .values_mut()
         {
-            match resource["Type"].as_str() {
-                Some("AWS::Serverless::Function") => {
-                    let r = resource.as_object_mut().expect("resource");
-                    r.remove("Metadata");
-                    r.get_mut("Properties").expect("properties")["CodeUri"] = Json::from("fn");
-                    if let Some(events) = r["Properties"]["Events"].as_object_mut() {
-                        for event in events.values_mut() {
-                            if let Some(limit) = event
-                                .pointer_mut("/Properties/ScalingConfig/MaximumConcurrency")
-                                .filter(|limit| limit.is_object())
-                            {
-                                *limit = Json::from(10);
-                            }
-                        }
-                    }
-                }
-                Some("AWS::IAM::Role") => {
-                    for policy in resource["Properties"]["Policies"]
-                        .as_array_mut()
-                        .into_iter()
-                        .flatten()
-                    {
-                        for statement in policy["PolicyDocument"]["Statement"]
-                            .as_array_mut()
-                            .into_iter()
-                            .flatten()
-                        {
-                            grant_batch_name(statement);
-                        }
-                    }
-                }
-                _ => {}
+            if resource["Type"] == "AWS::Serverless::Function" {
+                let r = resource.as_object_mut().expect("resource");
+                r.remove("Metadata");
+                r.get_mut("Properties").expect("properties")["CodeUri"] = Json::from("fn");
             }
         }
         let dir = self.dir.path();
@@ -221,60 +217,6 @@ impl Stack {
             serde_norway::to_string(&template).expect("YAML"),
         )
         .expect("write the template");
-    }
-
-    /// The HTTP API's integration and routes (the MiniStack gap above); its base URL.
-    fn route_http_api(&self) -> String {
-        let api = json(&self.aws(&[
-            "cloudformation",
-            "describe-stack-resource",
-            "--stack-name",
-            &self.prefix,
-            "--logical-resource-id",
-            "HttpApiIam",
-        ]))["StackResourceDetail"]["PhysicalResourceId"]
-            .as_str()
-            .expect("api id")
-            .to_string();
-        let function = json(&self.aws(&[
-            "lambda",
-            "get-function",
-            "--function-name",
-            &format!("{}-http-ingress", self.prefix),
-        ]))["Configuration"]["FunctionArn"]
-            .as_str()
-            .expect("function arn")
-            .to_string();
-        let integration = json(&self.aws(&[
-            "apigatewayv2",
-            "create-integration",
-            "--api-id",
-            &api,
-            "--integration-type",
-            "AWS_PROXY",
-            "--integration-uri",
-            &function,
-            "--payload-format-version",
-            "2.0",
-        ]))["IntegrationId"]
-            .as_str()
-            .expect("integration")
-            .to_string();
-        for method in ["POST", "PUT"] {
-            self.aws(&[
-                "apigatewayv2",
-                "create-route",
-                "--api-id",
-                &api,
-                "--route-key",
-                &format!("{method} /{{namespace}}/{{type}}/{{id}}"),
-                "--target",
-                &format!("integrations/{integration}"),
-                "--authorization-type",
-                "AWS_IAM",
-            ]);
-        }
-        format!("{}/_aws/execute-api/{api}/$default", self.ministack.url)
     }
 
     /// A standard queue: its URL and ARN.
@@ -434,7 +376,8 @@ impl Stack {
         });
     }
 
-    /// The messages of a function's CloudWatch log group (`dispatcher`, …), oldest first.
+    /// The messages of a function's CloudWatch log group (`dispatcher`, …), oldest
+    /// first.
     pub fn log_lines(&self, function: &str) -> Vec<String> {
         let events = json(&self.aws(&[
             "logs",
@@ -442,12 +385,14 @@ impl Stack {
             "--log-group-name",
             &format!("/aws/lambda/{}-{function}", self.prefix),
         ]));
-        events["events"]
+        let mut lines: Vec<(u64, String)> = events["events"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|e| e["message"].as_str().map(str::to_string))
-            .collect()
+            .filter_map(|e| Some((e["timestamp"].as_u64()?, e["message"].as_str()?.to_string())))
+            .collect();
+        lines.sort_by_key(|(timestamp, _)| *timestamp);
+        lines.into_iter().map(|(_, line)| line).collect()
     }
 
     /// A function's EMF lines.
@@ -483,26 +428,5 @@ impl Stack {
                 })
             })
             .collect()
-    }
-}
-
-/// Adds `sqs:SendMessageBatch` where a statement allows `sqs:SendMessage` (the
-/// MiniStack gap above).
-fn grant_batch_name(statement: &mut Json) {
-    if let Some(Json::Array(branches)) = statement.get_mut("Fn::If") {
-        branches.iter_mut().skip(1).for_each(grant_batch_name);
-        return;
-    }
-    let Some(action) = statement.get_mut("Action") else {
-        return;
-    };
-    let mut actions: Vec<Json> = match action {
-        Json::String(one) => vec![Json::from(one.as_str())],
-        Json::Array(many) => many.clone(),
-        _ => return,
-    };
-    if actions.iter().any(|a| a == "sqs:SendMessage") {
-        actions.push(Json::from("sqs:SendMessageBatch"));
-        *action = Json::Array(actions);
     }
 }

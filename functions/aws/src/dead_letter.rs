@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 use statefun_core::ports::TransportError;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::metrics::Metrics;
 
@@ -59,10 +59,12 @@ impl DeadLetters {
             .send()
             .await
             .map_err(|e| {
-                TransportError(format!(
+                let e = TransportError(format!(
                     "DLQ SendMessage: {}",
                     aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
+                ));
+                warn!(handler, record_id, reason = %e, "dead-lettering failed; the record is retried");
+                e
             })?;
         self.metrics.dead_lettered();
         Ok(())

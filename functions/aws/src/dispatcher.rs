@@ -42,6 +42,7 @@ use crate::transport::SqsTransport;
 struct Until<'a, R> {
     inner: &'a R,
     deadline: Option<Instant>,
+    metrics: &'a Metrics,
 }
 
 impl<R: RemoteFunctions> RemoteFunctions for Until<'_, R> {
@@ -58,8 +59,9 @@ impl<R: RemoteFunctions> RemoteFunctions for Until<'_, R> {
         function_type: &TypeName,
         request: ToFunction,
     ) -> Result<FromFunction, RemoteError> {
+        let started = Instant::now();
         let call = self.inner.call(function_type, request);
-        match self.deadline {
+        let answer = match self.deadline {
             None => call.await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), call)
                 .await
@@ -68,7 +70,9 @@ impl<R: RemoteFunctions> RemoteFunctions for Until<'_, R> {
                         "{function_type} did not answer before the invocation's deadline"
                     )))
                 }),
-        }
+        };
+        self.metrics.remote_call(started.elapsed());
+        answer
     }
 }
 
@@ -156,8 +160,16 @@ impl Dispatcher {
         let records = event.records.len();
         let mut failed: Vec<String> = Vec::new();
         let mut received: Vec<Received> = Vec::new();
+        let mut sent_at: Vec<(String, u64)> = Vec::new();
         for record in event.records {
             let record_id = record.message_id.unwrap_or_default();
+            if let Some(sent) = record
+                .attributes
+                .get("SentTimestamp")
+                .and_then(|t| t.parse().ok())
+            {
+                sent_at.push((record_id.clone(), sent));
+            }
             let body = record.body.unwrap_or_default();
             match envelope::decode(&body) {
                 Ok(envelope) => received.push(Received {
@@ -182,6 +194,15 @@ impl Dispatcher {
             }
         }
         failed.extend(self.run(&received, deadline).await);
+        let now = self.clock.now_ms();
+        if let Some(oldest) = sent_at
+            .iter()
+            .filter(|(id, _)| !failed.contains(id))
+            .map(|(_, sent)| *sent)
+            .min()
+        {
+            self.metrics.lag(now.saturating_sub(oldest));
+        }
 
         let snapshot = self.metrics.take();
         println!(
@@ -196,6 +217,7 @@ impl Dispatcher {
         let remote = Until {
             inner: &self.remote,
             deadline,
+            metrics: &self.metrics,
         };
         let invoker = Invoker {
             registry: &self.registry,

@@ -24,6 +24,11 @@ pub struct Snapshot {
     pub dead_lettered: u64,
     /// Delayed messages dropped by the timer forwarder because they were cancelled.
     pub timers_cancelled: u64,
+    /// The longest a handled record waited, from its enqueue (SQS `SentTimestamp`) to
+    /// the end of its batch (its commit and sends), in ms.
+    pub max_lag_ms: u64,
+    /// Remote function calls, each one's latency in ms (retries included).
+    pub remote_call_ms: Vec<f64>,
 }
 
 impl Snapshot {
@@ -44,6 +49,8 @@ impl Snapshot {
         self.retries += other.retries;
         self.dead_lettered += other.dead_lettered;
         self.timers_cancelled += other.timers_cancelled;
+        self.max_lag_ms = self.max_lag_ms.max(other.max_lag_ms);
+        self.remote_call_ms.extend(&other.remote_call_ms);
     }
 
     /// One EMF line: CloudWatch turns it into metrics in namespace `statefun-lambda`.
@@ -64,6 +71,7 @@ impl Snapshot {
                         {"Name": "Retries", "Unit": "Count"},
                         {"Name": "DeadLettered", "Unit": "Count"},
                         {"Name": "TimersCancelled", "Unit": "Count"},
+                        {"Name": "MaxLag", "Unit": "Milliseconds"},
                     ],
                 }],
             },
@@ -77,7 +85,18 @@ impl Snapshot {
             "Retries": self.retries,
             "DeadLettered": self.dead_lettered,
             "TimersCancelled": self.timers_cancelled,
+            "MaxLag": self.max_lag_ms,
         });
+        if !self.remote_call_ms.is_empty() {
+            // A metric must have a value where it is declared; EMF takes up to 100 values
+            // of one metric in a line (CloudWatch computes their statistics).
+            line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array_mut()
+                .expect("declared above")
+                .push(json!({"Name": "RemoteCallLatency", "Unit": "Milliseconds"}));
+            line["RemoteCallLatency"] =
+                json!(self.remote_call_ms.iter().take(100).collect::<Vec<_>>());
+        }
         for (api, n) in &self.requests {
             line[format!("Requests.{api}")] = json!(n);
         }
@@ -130,6 +149,14 @@ impl Metrics {
         self.with(|s| s.dead_lettered += 1);
     }
 
+    pub fn lag(&self, ms: u64) {
+        self.with(|s| s.max_lag_ms = s.max_lag_ms.max(ms));
+    }
+
+    pub fn remote_call(&self, took: std::time::Duration) {
+        self.with(|s| s.remote_call_ms.push(took.as_secs_f64() * 1000.0));
+    }
+
     pub fn timers_cancelled(&self, n: usize) {
         self.with(|s| s.timers_cancelled += n as u64);
     }
@@ -145,5 +172,43 @@ impl Metrics {
     /// Everything taken since start (for benchmarks).
     pub fn totals(&self) -> Snapshot {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn declared(line: &Json) -> Vec<String> {
+        line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["Name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn every_declared_metric_has_its_value_and_remote_latency_only_when_called() {
+        let metrics = Metrics::default();
+        metrics.lag(40);
+        metrics.lag(25);
+        metrics.dead_lettered();
+        let quiet = metrics.take().emf("dispatcher", 3, 0);
+        assert_eq!(quiet["MaxLag"], 40, "the longest wait of the batch");
+        assert_eq!(quiet["DeadLettered"], 1);
+        assert!(!declared(&quiet).contains(&"RemoteCallLatency".to_string()));
+        for name in declared(&quiet) {
+            assert!(!quiet[&name].is_null(), "{name} declared without a value");
+        }
+
+        for ms in [5, 7] {
+            metrics.remote_call(std::time::Duration::from_millis(ms));
+        }
+        let called = metrics.take().emf("dispatcher", 1, 0);
+        assert_eq!(called["RemoteCallLatency"], json!([5.0, 7.0]));
+        assert_eq!(called["MaxLag"], 0, "a new batch starts from zero");
+        assert!(declared(&called).contains(&"RemoteCallLatency".to_string()));
+        assert_eq!(metrics.totals().max_lag_ms, 40);
     }
 }

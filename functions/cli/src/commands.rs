@@ -55,6 +55,127 @@ pub(crate) enum Command<A: clap::Args> {
     /// Create a project of your own: Cargo.toml, src/main.rs with one function and its
     /// test, module.yaml, template.yaml, README.
     New(crate::scaffold::NewArgs),
+    /// The dead letters of a deployment (its DLQ) or of an embedded data dir: list them,
+    /// or replay them into the inbox.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// SQS egress queues.
+    Egress {
+        #[command(subcommand)]
+        command: EgressCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// One JSON line per dead letter: address, message id, reason, handler, source group,
+    /// when it was dead-lettered. On SQS each letter shown is hidden for 30 s.
+    List(DlqArgs),
+    /// Put dead letters back into the inbox under fresh ids (replay:<dlq id>), so that
+    /// receivers apply them rather than drop them as seen; prints each replayed message.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DlqArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// An embedded runtime's data dir instead of the AWS deployment (while no runtime
+    /// has it open; a replay runs at its next start).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReplayArgs {
+    #[command(flatten)]
+    target: DlqArgs,
+    /// Only the letters of this address, namespace/type/id.
+    #[arg(long)]
+    address: Option<String>,
+    /// Only the letters whose reason contains this text.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EgressCommand {
+    /// Print what arrives on an SQS egress queue, one body per line, until Ctrl-C (or
+    /// --count). Each message printed is hidden from other consumers for --hide-secs,
+    /// unless --delete consumes it.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TailArgs {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// The queue: its URL, or its name.
+    queue: String,
+    /// Delete what is printed (consume the queue).
+    #[arg(long)]
+    delete: bool,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Seconds a printed message stays hidden from the queue's other consumers.
+    #[arg(long, default_value_t = 30)]
+    hide_secs: u64,
+}
+
+/// `--address namespace/type/id`.
+fn parse_address(text: &str) -> anyhow::Result<statefun_core::Address> {
+    let mut parts = text.splitn(3, '/');
+    let (Some(namespace), Some(kind), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        anyhow::bail!("--address {text:?}: expected namespace/type/id");
+    };
+    let t = statefun_core::TypeName::parse(format!("{namespace}/{kind}"))?;
+    anyhow::ensure!(
+        !id.is_empty(),
+        "--address {text:?}: the id must not be empty"
+    );
+    Ok(statefun_core::Address::new(t, id))
+}
+
+/// `dlq list|replay --data-dir`: the embedded runtime's dead letters.
+fn embedded_dlq(dir: &std::path::Path, command: &DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List(_) => {
+            for (row, letter) in statefun_embedded::dead_letters_at(dir)? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "address": letter.envelope.target.to_string(),
+                        "message_id": letter.envelope.id.to_string(),
+                        "reason": letter.reason,
+                        "handler": "embedded",
+                        "source_group": letter.envelope.target.to_string(),
+                        "dead_lettered_at_ms": letter.at_ms,
+                        "dlq_id": row.to_string(),
+                    })
+                );
+            }
+        }
+        DlqCommand::Replay(args) => {
+            let address = args.address.as_deref().map(parse_address).transpose()?;
+            let reason = args.reason.as_deref();
+            let replayed = statefun_embedded::replay_at(dir, |letter| {
+                address
+                    .as_ref()
+                    .is_none_or(|a| *a == letter.envelope.target)
+                    && reason.is_none_or(|r| letter.reason.contains(r))
+            })?;
+            for envelope in replayed {
+                println!(
+                    "{}",
+                    serde_json::json!({"address": envelope.target.to_string(), "message_id": envelope.id.to_string()})
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -248,12 +369,25 @@ async fn run<A: clap::Args + FromArgMatches + 'static>(
 /// The AWS commands: a deployment or an emulator, as the Lambdas see it.
 #[cfg(feature = "aws")]
 mod aws {
-    use std::time::Duration;
-
     use clap::FromArgMatches;
     use tracing::info;
 
-    use super::{AwsArgs, PollArgs, ProvisionArgs, SendArgs, StateArgs, shutdown_signal};
+    use std::time::Duration;
+
+    use super::{
+        AwsArgs, DlqCommand, PollArgs, ProvisionArgs, ReplayArgs, SendArgs, StateArgs, TailArgs,
+        parse_address, shutdown_signal,
+    };
+
+    /// A spinner on stderr for an operation that may take more than a moment (hidden when
+    /// stderr is not a terminal).
+    fn spinner(what: &'static str) -> indicatif::ProgressBar {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(what);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+
     use crate::App;
 
     pub(super) async fn aws_clients(args: &AwsArgs) -> statefun_aws::transport::Clients {
@@ -398,6 +532,95 @@ mod aws {
         Ok(())
     }
 
+    pub(super) async fn dlq<A: clap::Args + FromArgMatches + 'static>(
+        app: &App<A>,
+        command: DlqCommand,
+    ) -> anyhow::Result<()> {
+        let (DlqCommand::List(target) | DlqCommand::Replay(ReplayArgs { target, .. })) = &command;
+        let clients = aws_clients(&target.aws).await;
+        let config = aws_config(app, &clients, &target.aws.prefix).await?;
+        let bar = spinner("reading the DLQ");
+        let letters = statefun_infra::ops::receive(&clients, &config.dlq_url, |n| {
+            bar.set_message(format!("{n} dead letters read"));
+        })
+        .await;
+        bar.finish_and_clear();
+        let letters = letters?;
+        match command {
+            DlqCommand::List(_) => {
+                for letter in &letters {
+                    println!("{}", letter.view());
+                }
+                statefun_infra::ops::release(&clients, &config.dlq_url, &letters).await?;
+            }
+            DlqCommand::Replay(args) => {
+                let selection = statefun_infra::ops::Selection {
+                    address: args.address.as_deref().map(parse_address).transpose()?,
+                    reason: args.reason,
+                };
+                let (picked, others): (Vec<_>, Vec<_>) = letters.into_iter().partition(|l| {
+                    l.envelope.is_some()
+                        && selection.picks(l.envelope.as_ref().map(|e| &e.target), &l.reason)
+                });
+                statefun_infra::ops::release(&clients, &config.dlq_url, &others).await?;
+                let bar = indicatif::ProgressBar::new(picked.len() as u64);
+                let replayed = statefun_infra::ops::replay(&clients, &config, &picked, |n| {
+                    bar.set_position(n as u64)
+                })
+                .await;
+                bar.finish_and_clear();
+                for envelope in replayed? {
+                    println!(
+                        "{}",
+                        serde_json::json!({"address": envelope.target.to_string(), "message_id": envelope.id.to_string()})
+                    );
+                }
+                let skipped = others.iter().filter(|l| l.envelope.is_none()).count();
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        "letters whose body is not a message envelope stay on the DLQ"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn tail(args: TailArgs) -> anyhow::Result<()> {
+        let clients = aws_clients(&args.aws).await;
+        let url = if args.queue.contains("://") {
+            args.queue.clone()
+        } else {
+            clients
+                .sqs
+                .get_queue_url()
+                .queue_name(&args.queue)
+                .send()
+                .await?
+                .queue_url()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut printed = 0;
+        loop {
+            if args.count.is_some_and(|n| printed >= n) {
+                return Ok(());
+            }
+            let polled = tokio::select! {
+                polled = statefun_infra::ops::poll_egress(&clients, &url, Duration::from_secs(10), Duration::from_secs(args.hide_secs), args.delete) => polled?,
+                () = shutdown_signal() => return Ok(()),
+            };
+            for (id, body) in polled {
+                if seen.insert(id) && args.count.is_none_or(|n| printed < n) {
+                    println!("{body}");
+                    printed += 1;
+                }
+            }
+        }
+    }
+
     pub(super) async fn state<A: clap::Args + FromArgMatches + 'static>(
         app: &App<A>,
         args: StateArgs,
@@ -412,6 +635,14 @@ mod aws {
             statefun_infra::local::state(&clients, &config, &target, now).await?
         );
         Ok(())
+    }
+}
+
+fn dlq_data_dir(command: &DlqCommand) -> Option<PathBuf> {
+    match command {
+        DlqCommand::List(args) | DlqCommand::Replay(ReplayArgs { target: args, .. }) => {
+            args.data_dir.clone()
+        }
     }
 }
 
@@ -435,6 +666,19 @@ pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
     match command {
         Command::Run(args) => run(app, args).await,
         Command::New(args) => crate::scaffold::create(&args),
+        Command::Dlq { command } => match dlq_data_dir(&command) {
+            Some(dir) => embedded_dlq(&dir, &command),
+            #[cfg(feature = "aws")]
+            None => aws::dlq(app, command).await,
+            #[cfg(not(feature = "aws"))]
+            None => anyhow::bail!(NO_AWS),
+        },
+        #[cfg(feature = "aws")]
+        Command::Egress {
+            command: EgressCommand::Tail(args),
+        } => aws::tail(args).await,
+        #[cfg(not(feature = "aws"))]
+        Command::Egress { .. } => anyhow::bail!(NO_AWS),
         #[cfg(feature = "aws")]
         Command::Provision(args) => aws::provision(args).await,
         #[cfg(feature = "aws")]

@@ -46,9 +46,28 @@ pub fn role_from_env() -> Result<Role, ConfigError> {
     })
 }
 
+/// Logs as Lambda wants them: no colour codes (CloudWatch shows them raw), no
+/// timestamps (Lambda adds its own), JSON with `AWS_LAMBDA_LOG_FORMAT=JSON`, the level
+/// from `AWS_LAMBDA_LOG_LEVEL` or `RUST_LOG` (default `info`).
+fn init_lambda_logs() {
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level.to_lowercase()))
+        .with_ansi(false)
+        .with_target(false)
+        .without_time();
+    if std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Serves Lambda invocations as the role of `STATEFUN_ROLE` until the runtime stops.
 pub async fn serve<A: clap::Args + FromArgMatches + 'static>(app: &App<A>) -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    init_lambda_logs();
     let role = role_from_env()?;
     let config = with_bundled_module(app, AwsConfig::from_env()?)?;
     for ingress in &config.module.external_ingresses {

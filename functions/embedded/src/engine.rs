@@ -34,6 +34,7 @@ use statefun_core::{
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::metrics::Metrics;
 use crate::store::{
     self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
     TIMER_TOKENS, TIMERS, TimerEntry,
@@ -207,6 +208,7 @@ pub(crate) struct Engine {
     inflight: HashMap<Address, InFlight>,
     /// Where a finished call wakes the engine.
     wake: Sender<Command>,
+    metrics: Arc<Metrics>,
 }
 
 /// What identifies a message's content for an idempotency key: its type and bytes.
@@ -227,6 +229,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         egress: Box<dyn EgressSink>,
         channel: (Sender<Command>, Receiver<Command>),
+        metrics: Arc<Metrics>,
     ) -> Result<Self, EmbeddedError> {
         let recovered = store::recover(&db)?;
         let txn = db.begin_write()?;
@@ -259,6 +262,7 @@ impl Engine {
             inflight: HashMap::new(),
             wake: channel.0,
             tokio: tokio::runtime::Handle::try_current().ok(),
+            metrics,
         })
     }
 
@@ -480,6 +484,7 @@ impl Engine {
         let txn = self.db.begin_write()?;
         let mut dead = Vec::new();
         let mut replies = Vec::new();
+        let mut accepted = 0;
         {
             let mut tables = Tables {
                 inbox: txn.open_table(INBOX)?,
@@ -512,6 +517,7 @@ impl Engine {
                         self.pending.insert(culprit, entry);
                     } else {
                         error!(%address, message_id = %entry.envelope.id, %reason, "dead-lettering message");
+                        self.metrics.dead_letter(failure.error.kind());
                         tables.inbox.remove(culprit)?;
                         dead.push((culprit, entry.envelope, reason));
                     }
@@ -554,6 +560,7 @@ impl Engine {
                             value: req.value,
                         };
                         tables.enqueue(&mut seq, envelope, &mut delta)?;
+                        accepted += 1;
                         if let Some((key, target, digest)) = keyed {
                             keys.insert(
                                 (target.as_slice(), key.as_str()),
@@ -588,7 +595,14 @@ impl Engine {
             store::prune_dedup(&txn, now)?;
             self.next_dedup_prune_ms = now + self.config.batch.retention_ms() / 16;
         }
+        let started = Instant::now();
         txn.commit()?;
+        self.metrics.commit("inbox", started.elapsed());
+        self.metrics.accepted.inc_by(accepted);
+        for ((address, seqs), (done, _)) in groups.iter().zip(&splits) {
+            self.metrics.invocation(&address.function_type, seqs.len());
+            self.metrics.applied.inc_by(done.len() as u64);
+        }
 
         self.next_seq = seq;
         for ((address, _), (done, culprit)) in groups.iter().zip(&splits) {
@@ -607,6 +621,8 @@ impl Engine {
             self.timers.remove(&key);
         }
         self.timers.extend(delta.timers_added);
+        self.metrics.inbox_depth.set(self.pending.len() as i64);
+        self.metrics.timers_pending.set(self.timers.len() as i64);
         for (reply, result) in replies {
             // The client may have gone away; the message is accepted all the same.
             let _ = reply.send(result);
@@ -624,10 +640,13 @@ impl Engine {
             let batch = RemoteBatch::prepare(address.clone(), state, messages, self.clock.now_ms());
             let (remote, specs, config) = (remote.clone(), self.specs.clone(), self.config.batch);
             let (clock, wake) = (self.clock.clone(), self.wake.clone());
+            let (metrics, function_type) = (self.metrics.clone(), address.function_type.clone());
             let call = tokio.spawn(async move {
+                let started = Instant::now();
                 let outcome =
                     statefun_core::remote::invoke(&remote, &specs, batch, &config, clock.as_ref())
                         .await;
+                metrics.remote_call(&function_type, started.elapsed(), outcome.failure.is_some());
                 // The engine may have stopped; the messages are in the inbox all the same.
                 let _ = wake.send(Command::RemoteDone);
                 outcome
@@ -734,7 +753,9 @@ impl Engine {
                 }
                 if let Some(commit) = &outcome.commit {
                     let key = store::address_key(&commit.address);
-                    states.insert(key.as_slice(), commit.state.to_bytes().as_slice())?;
+                    let record = commit.state.to_bytes();
+                    self.metrics.record_bytes.observe(record.len() as f64);
+                    states.insert(key.as_slice(), record.as_slice())?;
                     for spilled in &commit.spill {
                         dedup.insert(
                             (key.as_slice(), spilled.entry.key().to_key_string().as_str()),
@@ -750,7 +771,9 @@ impl Engine {
             }
             txn.open_table(META)?.insert(NEXT_SEQ, *seq)?;
         }
+        let started = Instant::now();
         txn.commit()?;
+        self.metrics.commit("state", started.elapsed());
         for outcome in outcomes {
             if let Some(commit) = &outcome.commit {
                 debug!(address = %commit.address, version = commit.state.version, "committed");

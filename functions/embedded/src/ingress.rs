@@ -7,6 +7,8 @@
 //!   unchanged. `202 {"message_id": …}` once the message is on disk. An
 //!   `Idempotency-Key` header makes a retried request enqueue once.
 //! - `GET /{namespace}/{type}/{id}`: the instance's state as JSON, for development.
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text); `GET /status`: what the
+//!   runtime still has to do, as JSON.
 //! - Errors are 4xx with `{"error": "<what is wrong>"}`.
 
 use std::future::Future;
@@ -59,6 +61,7 @@ pub fn router(handle: RuntimeHandle) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
         .route("/{namespace}/{type}/{id}", instance)
         .fallback(|| async {
             error(
@@ -114,6 +117,17 @@ async fn get_status(State(handle): State<RuntimeHandle>) -> Result<Response, Rej
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(axum::Json(status).into_response())
+}
+
+async fn get_metrics(State(handle): State<RuntimeHandle>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        handle.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn post_message(

@@ -23,16 +23,18 @@ use std::time::Duration;
 use redb::Database;
 use statefun_core::ports::{Clock, SystemClock};
 use statefun_core::{
-    Address, BatchConfig, EgressRecord, MessageId, Registry, TypeName, TypedValue,
+    Address, BatchConfig, EgressRecord, Envelope, MessageId, Registry, TypeName, TypedValue,
 };
 pub use statefun_remote::HttpFunctions;
 use tokio::sync::oneshot;
 
 mod engine;
 pub mod ingress;
+mod metrics;
 mod store;
 
 pub use engine::HTTP_INGRESS;
+pub use metrics::Metrics;
 pub use store::DeadLetter;
 
 use engine::{Command, Engine, IngressRequest};
@@ -250,6 +252,23 @@ pub fn state_json_at(
     ))
 }
 
+/// The dead letters of a data dir no runtime has open, with their rows, oldest first.
+pub fn dead_letters_at(
+    data_dir: &std::path::Path,
+) -> Result<Vec<(u64, DeadLetter)>, EmbeddedError> {
+    store::dead_letters(&store::open_existing(data_dir)?)
+}
+
+/// Moves the dead letters `select` picks back into the inbox of a data dir no runtime
+/// has open, each under the fresh id `replay:<row>`; the next start runs them. Returns
+/// the replayed messages.
+pub fn replay_at(
+    data_dir: &std::path::Path,
+    select: impl Fn(&DeadLetter) -> bool,
+) -> Result<Vec<Envelope>, EmbeddedError> {
+    store::replay(&store::open_existing(data_dir)?, select)
+}
+
 /// A running embedded runtime.
 #[derive(Debug)]
 pub struct Runtime {
@@ -267,6 +286,7 @@ pub struct RuntimeHandle {
     remote: Option<Arc<HttpFunctions>>,
     clock: Arc<dyn Clock>,
     max_body_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -304,6 +324,7 @@ impl Runtime {
                 ),
             ));
         }
+        let metrics = Arc::new(Metrics::default());
         let engine = Engine::new(
             db.clone(),
             registry.clone(),
@@ -311,6 +332,7 @@ impl Runtime {
             clock.clone(),
             egress,
             (tx.clone(), rx),
+            metrics.clone(),
         )?;
         let (stopped_tx, stopped) = oneshot::channel();
         let engine = std::thread::Builder::new()
@@ -330,6 +352,7 @@ impl Runtime {
                 remote,
                 clock,
                 max_body_bytes,
+                metrics,
             },
             engine,
             stopped: Some(stopped),
@@ -429,7 +452,10 @@ impl RuntimeHandle {
 
     /// Messages given up on, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, EmbeddedError> {
-        store::dead_letters(&self.db)
+        Ok(store::dead_letters(&self.db)?
+            .into_iter()
+            .map(|(_, letter)| letter)
+            .collect())
     }
 
     pub fn registry(&self) -> &Registry {
@@ -450,5 +476,10 @@ impl RuntimeHandle {
 
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// What the runtime has done so far (`GET /metrics` renders it).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

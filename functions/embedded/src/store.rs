@@ -176,15 +176,52 @@ pub(crate) fn recover(db: &Database) -> Result<Recovered, EmbeddedError> {
     })
 }
 
-/// Lists the dead letters, oldest first.
-pub(crate) fn dead_letters(db: &Database) -> Result<Vec<DeadLetter>, EmbeddedError> {
+/// Lists the dead letters with their rows, oldest first.
+pub(crate) fn dead_letters(db: &Database) -> Result<Vec<(u64, DeadLetter)>, EmbeddedError> {
     let txn = db.begin_read()?;
     let mut out = Vec::new();
     for row in txn.open_table(DEAD_LETTERS)?.iter()? {
-        let (_, bytes) = row?;
-        out.push(decode("dead letter", bytes.value())?);
+        let (seq, bytes) = row?;
+        out.push((seq.value(), decode("dead letter", bytes.value())?));
     }
     Ok(out)
+}
+
+/// Moves the dead letters `select` picks back into the inbox, each under the id
+/// `replay:<row>` (see docs/DESIGN.md, "Replaying dead letters"), in one commit.
+pub(crate) fn replay(
+    db: &Database,
+    select: impl Fn(&DeadLetter) -> bool,
+) -> Result<Vec<Envelope>, EmbeddedError> {
+    let picked: Vec<(u64, DeadLetter)> = dead_letters(db)?
+        .into_iter()
+        .filter(|(_, letter)| select(letter))
+        .collect();
+    let txn = db.begin_write()?;
+    let mut replayed = Vec::new();
+    {
+        let mut meta = txn.open_table(META)?;
+        let mut seq = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
+        let mut inbox = txn.open_table(INBOX)?;
+        let mut letters = txn.open_table(DEAD_LETTERS)?;
+        for (row, letter) in picked {
+            let envelope = Envelope {
+                id: MessageId::Keyed(format!("replay:{row}")),
+                ..letter.envelope
+            };
+            let entry = InboxEntry {
+                envelope: envelope.clone(),
+                attempts: 0,
+            };
+            inbox.insert(seq, encode(&entry).as_slice())?;
+            letters.remove(row)?;
+            seq += 1;
+            replayed.push(envelope);
+        }
+        meta.insert(NEXT_SEQ, seq)?;
+    }
+    txn.commit()?;
+    Ok(replayed)
 }
 
 /// The spilled dedup entries found among `lookups`, one list per address.

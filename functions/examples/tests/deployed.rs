@@ -168,6 +168,15 @@ fn the_deployed_template_serves_every_flow_under_its_own_least_privilege_roles()
         1,
         "the poison, once"
     );
+    let lags: Vec<u64> = stack
+        .emf("dispatcher")
+        .iter()
+        .filter_map(|line| line["MaxLag"].as_u64())
+        .collect();
+    assert!(
+        lags.iter().any(|lag| *lag > 0) && lags.iter().all(|lag| *lag < 600_000),
+        "the wait from enqueue to commit, from SQS's SentTimestamp: {lags:?}"
+    );
 }
 
 #[test]

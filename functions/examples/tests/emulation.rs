@@ -139,3 +139,166 @@ fn provision_send_poll_and_state_work_against_an_emulator() {
     );
     assert_eq!(state["function_type"], "example/counter");
 }
+
+/// The JSON lines a command printed.
+fn lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("a JSON line: {l}")))
+        .collect()
+}
+
+#[test]
+fn dead_letters_are_listed_and_replayed_under_fresh_ids() {
+    let moto = Moto::start();
+    let (ok, _, err) = cli(&moto.url, &["provision"]);
+    assert!(ok, "{err}");
+    // Two messages the counter refuses (a string, not a long): dead-lettered.
+    for id in ["b", "c"] {
+        let (ok, _, err) = cli(&moto.url, &["send", "example/counter", id, "many"]);
+        assert!(ok, "{err}");
+    }
+    let mut poll = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+        .args(["poll", "--prefix", "cli", "--wait", "1"])
+        .args(["--endpoint-url", &moto.url])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("poll");
+    let list = || {
+        let (ok, out, err) = cli(&moto.url, &["dlq", "list"]);
+        assert!(ok, "{err}");
+        lines(&out)
+    };
+    let started = Instant::now();
+    let mut letters = list();
+    while letters.len() < 2 {
+        assert!(started.elapsed() < Settling::STALL, "never dead-lettered");
+        std::thread::sleep(Duration::from_millis(200));
+        letters = list();
+    }
+    let mut addresses: Vec<&str> = letters
+        .iter()
+        .filter_map(|l| l["address"].as_str())
+        .collect();
+    addresses.sort();
+    assert_eq!(addresses, ["example/counter/b", "example/counter/c"]);
+    for letter in &letters {
+        assert!(
+            letter["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("io.statefun.types/long")),
+            "{letter}"
+        );
+        assert_eq!(letter["handler"], "dispatcher", "{letter}");
+        assert!(
+            letter["dead_lettered_at_ms"]
+                .as_u64()
+                .is_some_and(|t| t > 0)
+        );
+    }
+    assert_eq!(list().len(), 2, "listing leaves the letters on the DLQ");
+
+    let (ok, out, err) = cli(
+        &moto.url,
+        &[
+            "dlq",
+            "replay",
+            "--address",
+            "example/counter/b",
+            "--reason",
+            "long",
+        ],
+    );
+    assert!(ok, "{err}");
+    let replayed = lines(&out);
+    let b = letters
+        .iter()
+        .find(|l| l["address"] == "example/counter/b")
+        .expect("b");
+    assert_eq!(
+        replayed,
+        [serde_json::json!({
+            "address": "example/counter/b",
+            "message_id": format!("replay:{}", b["dlq_id"].as_str().expect("dlq id")),
+        })],
+        "only b's letter, under a fresh id"
+    );
+    // Still refused by the counter: back on the DLQ, as the replayed message.
+    let started = Instant::now();
+    loop {
+        let now = list();
+        if now
+            .iter()
+            .any(|l| l["message_id"] == replayed[0]["message_id"])
+        {
+            assert_eq!(now.len(), 2, "c stayed, b came back once: {now:?}");
+            break;
+        }
+        assert!(started.elapsed() < Settling::STALL, "the replay never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = poll.kill();
+    let _ = poll.wait();
+    let (ok, _, err) = cli(&moto.url, &["dlq", "replay", "--address", "nonsense"]);
+    assert!(!ok && err.contains("expected namespace/type/id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_tail_prints_what_arrives_and_consumes_only_with_delete() {
+    let mut aws = statefun_e2e::Aws::start(
+        statefun_e2e::Dynamo::Moto,
+        statefun_examples::registry(statefun_examples::ExamplesConfig::default())
+            .expect("registry"),
+        &[("STATEFUN_EGRESS", "example/greets=sqs:{greets}")],
+        &["greets"],
+    )
+    .await;
+    for name in ["Ada", "Bob"] {
+        aws.send(
+            statefun_core::Address::new(statefun_examples::greeter::PERSON, name),
+            statefun_core::TypedValue::of(&statefun_examples::greeter::GreetRequest {
+                name: name.into(),
+                visits: None,
+            }),
+            name,
+        )
+        .await;
+    }
+    aws.settle().await;
+    let url = aws.url_of("greets");
+    let tail = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+            .args([
+                "egress",
+                "tail",
+                &url,
+                "--count",
+                "2",
+                "--endpoint-url",
+                &aws.moto.url,
+            ])
+            .args(extra)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .output()
+            .expect("run statefun-lambda");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut values: Vec<String> = lines(&String::from_utf8_lossy(&out.stdout))
+            .iter()
+            .map(|record| record["value"].as_str().unwrap_or_default().to_string())
+            .collect();
+        values.sort();
+        values
+    };
+    let greetings = ["Hello Ada! 😎", "Hello Bob! 😎"];
+    let shown = tokio::task::block_in_place(|| tail(&["--hide-secs", "1"]));
+    assert_eq!(shown, greetings);
+    // Shown, not consumed: a second later they are there again; --delete consumes.
+    let consumed = tokio::task::block_in_place(|| tail(&["--delete"]));
+    assert_eq!(consumed, greetings);
+    assert!(aws.take_all(&url).await.is_empty(), "consumed by --delete");
+}

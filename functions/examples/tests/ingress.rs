@@ -335,3 +335,96 @@ fn state_reads_a_data_dir_no_runtime_holds_and_points_at_the_running_one() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
     assert_eq!(json["state"]["count"]["value"], 7, "{json}");
 }
+
+/// A sample's value from an OpenMetrics text (`name{labels} value`).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_what_the_runtime_did() {
+    let (_dir, s) = server();
+    for _ in 0..3 {
+        let (status, body) = s
+            .post("/example/counter/a", LONG, None, b"2")
+            .expect("post");
+        assert_eq!(status, 202, "{body}");
+    }
+    // Not a long: accepted, then dead-lettered as poison.
+    let (status, _) = s
+        .post("/example/counter/b", None, None, b"x")
+        .expect("post");
+    assert_eq!(status, 202);
+    assert!(s.settles(|| s.get_json("/example/counter/a")["state"]["count"]["value"] == 6));
+    s.settle();
+    let (status, text) = http(s.addr, "GET", "/metrics", &[], b"").expect("GET /metrics");
+    assert_eq!(status, 200, "{text}");
+    let value = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}: {text}"));
+    assert_eq!(value("statefun_messages_accepted_total"), 4.0);
+    assert_eq!(value("statefun_messages_applied_total"), 3.0);
+    assert_eq!(
+        value(r#"statefun_dead_letters_total{reason="poison"}"#),
+        1.0
+    );
+    assert_eq!(value("statefun_inbox_depth"), 0.0);
+    assert_eq!(value("statefun_timers_pending"), 0.0);
+    let invocations = value(r#"statefun_invocations_total{function_type="example/counter"}"#);
+    assert!((2.0..=4.0).contains(&invocations), "{text}");
+    assert_eq!(
+        value(r#"statefun_batch_size_sum{function_type="example/counter"}"#),
+        4.0,
+        "every message was in one invocation batch"
+    );
+    assert!(value(r#"statefun_commit_seconds_count{transaction="state"}"#) >= 1.0);
+    assert!(value("statefun_record_bytes_count") >= 1.0);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+#[test]
+fn an_embedded_data_dirs_dead_letters_are_listed_and_replayed() {
+    let (dir, s) = server();
+    let (status, _) = s
+        .post("/example/counter/b", None, None, b"x")
+        .expect("post");
+    assert_eq!(status, 202);
+    s.settle();
+    drop(s);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+            .args(args)
+            .args(["--data-dir", dir.path().to_str().expect("utf-8 path")])
+            .output()
+            .expect("run statefun-lambda");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+            .collect::<Vec<_>>()
+    };
+    let letters = cli(&["dlq", "list"]);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["address"], "example/counter/b");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("long"))
+    );
+    assert!(cli(&["dlq", "replay", "--address", "example/counter/a"]).is_empty());
+    let replayed = cli(&["dlq", "replay", "--reason", "long"]);
+    let fresh = format!("replay:{}", letters[0]["dlq_id"].as_str().expect("row"));
+    assert_eq!(replayed[0]["message_id"], fresh.as_str());
+    assert!(cli(&["dlq", "list"]).is_empty(), "moved to the inbox");
+
+    // The next start runs it: refused again, dead-lettered under the replay id.
+    let s = Server::start(dir.path(), &[]);
+    s.settle();
+    drop(s);
+    let again = cli(&["dlq", "list"]);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["message_id"], fresh.as_str());
+}

@@ -1,0 +1,186 @@
+//! What the embedded runtime does, in Prometheus form (`GET /metrics`, OpenMetrics text):
+//! messages accepted and applied, invocations and their batch sizes by function type,
+//! commit latency, inbox depth and pending timers, dead letters by reason, remote calls
+//! by function type (latency, failures), and the size of committed records.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use statefun_core::failure::FailureKind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FunctionType {
+    pub(crate) function_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Reason {
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Transaction {
+    pub(crate) transaction: &'static str,
+}
+
+fn by_function_type() -> Family<FunctionType, Histogram> {
+    Family::new_with_constructor(|| Histogram::new(exponential_buckets(1.0, 2.0, 12)))
+}
+
+/// The runtime's metrics; shared by the engine thread, the remote calls and the HTTP
+/// ingress (every metric is atomic).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) accepted: Counter,
+    pub(crate) applied: Counter,
+    pub(crate) invocations: Family<FunctionType, Counter>,
+    pub(crate) batch_size: Family<FunctionType, Histogram>,
+    pub(crate) commit_seconds: Family<Transaction, Histogram>,
+    pub(crate) inbox_depth: Gauge,
+    pub(crate) timers_pending: Gauge,
+    pub(crate) dead_letters: Family<Reason, Counter>,
+    pub(crate) remote_call_seconds: Family<FunctionType, Histogram>,
+    pub(crate) remote_call_failures: Family<FunctionType, Counter>,
+    pub(crate) record_bytes: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("statefun");
+        let metrics = Metrics {
+            accepted: Counter::default(),
+            applied: Counter::default(),
+            invocations: Family::default(),
+            batch_size: by_function_type(),
+            commit_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+            }),
+            inbox_depth: Gauge::default(),
+            timers_pending: Gauge::default(),
+            dead_letters: Family::default(),
+            remote_call_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+            }),
+            remote_call_failures: Family::default(),
+            record_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_accepted",
+            "Messages accepted by the HTTP ingress (each answered 202)",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "messages_applied",
+            "Messages whose effects are committed",
+            metrics.applied.clone(),
+        );
+        registry.register(
+            "invocations",
+            "Function invocations (one per address batch)",
+            metrics.invocations.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Messages per invocation",
+            metrics.batch_size.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Durable commits: instance records (state) and the inbox round (inbox)",
+            metrics.commit_seconds.clone(),
+        );
+        registry.register(
+            "inbox_depth",
+            "Messages waiting in the inbox, in flight included",
+            metrics.inbox_depth.clone(),
+        );
+        registry.register(
+            "timers_pending",
+            "Delayed messages not yet due",
+            metrics.timers_pending.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages dead-lettered: poison, or retries exhausted",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "remote_call_seconds",
+            "Remote function batch calls, retries included",
+            metrics.remote_call_seconds.clone(),
+        );
+        registry.register(
+            "remote_call_failures",
+            "Remote function batch calls that ended in a failure",
+            metrics.remote_call_failures.clone(),
+        );
+        registry.register(
+            "record_bytes",
+            "Size of committed instance records",
+            metrics.record_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition (what Prometheus scrapes).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    pub(crate) fn invocation(&self, function_type: &statefun_core::TypeName, messages: usize) {
+        let label = FunctionType {
+            function_type: function_type.to_string(),
+        };
+        self.invocations.get_or_create(&label).inc();
+        self.batch_size
+            .get_or_create(&label)
+            .observe(messages as f64);
+    }
+
+    pub(crate) fn remote_call(
+        &self,
+        function_type: &statefun_core::TypeName,
+        took: Duration,
+        failed: bool,
+    ) {
+        let label = FunctionType {
+            function_type: function_type.to_string(),
+        };
+        self.remote_call_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        if failed {
+            self.remote_call_failures.get_or_create(&label).inc();
+        }
+    }
+
+    pub(crate) fn commit(&self, transaction: &'static str, took: Duration) {
+        self.commit_seconds
+            .get_or_create(&Transaction { transaction })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn dead_letter(&self, kind: FailureKind) {
+        let reason = match kind {
+            FailureKind::Poison => "poison",
+            FailureKind::Retryable => "retries_exhausted",
+            _ => "other",
+        };
+        self.dead_letters.get_or_create(&Reason { reason }).inc();
+    }
+}
