@@ -17,7 +17,7 @@ echo "== the SAM transform, as a deploy runs it, for both HttpAuth values"
 .venv-deploy/bin/python scripts/sam_transform.py template.yaml HttpAuth=JWT \
   JwtIssuer=https://issuer.example JwtAudience=statefun
 echo "== cfn-lint"
-cfn-lint template.yaml
+cfn-lint template.yaml infra/monitoring.yaml
 echo "== cargo lambda build --release (x86_64), as sam build runs it for every function"
 # One binary for every role; [package.metadata.lambda.build] turns on its aws feature.
 cargo lambda build --release --x86-64 --bin statefun-lambda

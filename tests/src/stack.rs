@@ -212,6 +212,13 @@ impl Stack {
         let dir = self.dir.path();
         std::fs::create_dir_all(dir.join("fn")).expect("fn dir");
         std::fs::copy(&self.binary, dir.join("fn/bootstrap")).expect("copy the binary");
+        // The nested monitoring template, where the template's Location points.
+        std::fs::create_dir_all(dir.join("infra")).expect("infra dir");
+        std::fs::copy(
+            tools().join("infra/monitoring.yaml"),
+            dir.join("infra/monitoring.yaml"),
+        )
+        .expect("copy infra/monitoring.yaml");
         std::fs::write(
             dir.join("template.yaml"),
             serde_norway::to_string(&template).expect("YAML"),

@@ -308,3 +308,72 @@ async fn provision_creates_what_the_template_declares() {
         declared["TimeToLiveSpecification"]["AttributeName"].as_str()
     );
 }
+
+/// A `{"Fn::Sub": "…"}` with the prefix `p`.
+fn sub(v: &Json) -> String {
+    v["Fn::Sub"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("${Prefix}", "p")
+}
+
+/// An alarm's metric, as `namespace/metric/dimension value` with the prefix `p`.
+fn alarm_metric(alarm: &Json) -> String {
+    let p = &alarm["Properties"];
+    let dimension = sub(&p["Dimensions"][0]["Value"]);
+    format!(
+        "{}/{}/{}",
+        p["Namespace"].as_str().unwrap_or_default(),
+        p["MetricName"].as_str().unwrap_or_default(),
+        dimension
+    )
+}
+
+#[test]
+fn monitoring_alarms_on_dead_letters_inbox_age_errors_and_throttles() {
+    let t: Json = serde_norway::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/monitoring.yaml"),
+        )
+        .expect("infra/monitoring.yaml"),
+    )
+    .expect("YAML");
+    let mut alarms: Vec<String> = resources(&t, "AWS::CloudWatch::Alarm")
+        .iter()
+        .map(|(_, alarm)| {
+            let p = &alarm["Properties"];
+            assert_eq!(p["TreatMissingData"], "notBreaching", "{alarm}");
+            assert!(
+                p["AlarmActions"].to_string().contains("AlarmTopicArn"),
+                "notifies the topic: {alarm}"
+            );
+            alarm_metric(alarm)
+        })
+        .collect();
+    alarms.sort();
+    assert_eq!(
+        alarms,
+        [
+            "AWS/Lambda/Errors/p-dispatcher",
+            "AWS/Lambda/Throttles/p-dispatcher",
+            "AWS/SQS/ApproximateAgeOfOldestMessage/p-inbox.fifo",
+            "AWS/SQS/ApproximateNumberOfMessagesVisible/p-delay-dlq",
+            "AWS/SQS/ApproximateNumberOfMessagesVisible/p-dlq.fifo",
+        ]
+    );
+    // The queue names are the ones the deployment creates.
+    let deployment = template();
+    for queue in ["DeadLetterQueue", "Inbox", "DelayDeadLetterQueue"] {
+        let name = sub(&deployment["Resources"][queue]["Properties"]["QueueName"]);
+        assert!(
+            alarms.iter().any(|a| a.ends_with(&format!("/{name}"))),
+            "{name} has an alarm"
+        );
+    }
+    let dashboard = resources(&t, "AWS::CloudWatch::Dashboard");
+    let body = sub(&dashboard[0].1["Properties"]["DashboardBody"]);
+    let body: Json = serde_json::from_str(&body).expect("the dashboard body is JSON");
+    assert!(body["widgets"].as_array().is_some_and(|w| w.len() >= 6));
+    let monitor = &deployment["Resources"]["Monitor"];
+    assert_eq!(monitor["Properties"]["Location"], "infra/monitoring.yaml");
+}

@@ -42,6 +42,43 @@ fn count(stack: &Stack, id: &str) -> i64 {
 fn the_deployed_template_serves_every_flow_under_its_own_least_privilege_roles() {
     let stack = deploy("dep", &[("STATEFUN_BASKET_IDLE_SECS", "2")]);
 
+    // The nested monitoring stack: the alarms and the dashboard.
+    let alarms = json(&stack.aws(&[
+        "cloudwatch",
+        "describe-alarms",
+        "--alarm-name-prefix",
+        "dep-",
+    ]));
+    let mut names: Vec<&str> = alarms["MetricAlarms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["AlarmName"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "dep-dead-letters",
+            "dep-delay-dead-letters",
+            "dep-dispatcher-errors",
+            "dep-dispatcher-throttles",
+            "dep-inbox-age"
+        ]
+    );
+    let dashboard = json(&stack.aws(&[
+        "cloudwatch",
+        "get-dashboard",
+        "--dashboard-name",
+        "dep-statefun",
+    ]));
+    assert!(
+        dashboard["DashboardBody"]
+            .as_str()
+            .is_some_and(|body| body.contains("dep-inbox.fifo")),
+        "{dashboard}"
+    );
+
     // The HTTP API: unsigned refused, signed accepted, the greeting on the egress queue.
     let greet = r#"{"name":"Ada"}"#;
     let ctype = "application/vnd.example/GreetRequest";
