@@ -270,6 +270,18 @@ async fn endpoint_failures_are_retried_and_failed_back_without_loss() {
     e.settle().await;
     assert_eq!(e.state(&c)["state"]["count"]["value"], 111, "applied once");
     assert!(e.handle.dead_letters().expect("dead letters").is_empty());
+    // The metrics saw the calls, and the one that failed back.
+    let metrics = e.handle.metrics().render();
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series}: {metrics}"))
+    };
+    assert!(sample(r#"statefun_remote_call_seconds_count{function_type="faulty/counter"}"#) >= 4.0);
+    assert!(
+        sample(r#"statefun_remote_call_failures_total{function_type="faulty/counter"}"#) >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
