@@ -87,6 +87,27 @@ struct Row {
 }
 
 impl Row {
+    /// USD per million messages: SQS (the handlers' requests, plus the event source's
+    /// receive and delete per batch), DynamoDB reads, DynamoDB writes, Lambda requests.
+    fn cost_per_million(&self) -> Vec<f64> {
+        let m = self.messages as f64;
+        let batches = self.batches.max(1) as f64;
+        let sqs_requests = self
+            .totals
+            .requests
+            .iter()
+            .filter(|(api, _)| api.contains("Message"))
+            .map(|(_, n)| *n as f64)
+            .sum::<f64>()
+            + 2.0 * batches;
+        vec![
+            1e6 * sqs_requests / m * SQS_PER_REQUEST,
+            1e6 * self.totals.billed_read_units as f64 / m * DYNAMODB_PER_READ_UNIT,
+            1e6 * self.totals.billed_write_units as f64 / m * DYNAMODB_PER_WRITE_UNIT,
+            1e6 * batches / m * LAMBDA_PER_REQUEST,
+        ]
+    }
+
     fn print(&self) {
         let m = self.messages as f64;
         println!(
@@ -203,4 +224,63 @@ async fn main() {
         "  ({:.0} s on the emulator; {CHAINS} chains x {HOPS} hops, {KEYED} keyed messages to one address)",
         started.elapsed().as_secs_f64()
     );
+    statefun_e2e::plot::bars(
+        "aws_requests",
+        "AWS path: per message, by traffic kind (cargo bench -p statefun-e2e --bench aws_requests)",
+        "per message",
+        &["AWS requests", "read units", "write units"],
+        &rows
+            .iter()
+            .map(|r| {
+                let m = r.messages as f64;
+                (
+                    r.kind,
+                    vec![
+                        r.totals.total_requests() as f64 / m,
+                        r.totals.billed_read_units as f64 / m,
+                        r.totals.billed_write_units as f64 / m,
+                    ],
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    println!("cost per million messages (AWS list prices, us-east-1, {PRICES_AS_OF}):");
+    let costs: Vec<(&str, Vec<f64>)> = rows
+        .iter()
+        .map(|r| {
+            let cost = r.cost_per_million();
+            println!(
+                "  {:<14} ${:.2} (SQS ${:.2}, DynamoDB reads ${:.2}, writes ${:.2}, Lambda requests ${:.2})",
+                r.kind,
+                cost.iter().sum::<f64>(),
+                cost[0],
+                cost[1],
+                cost[2],
+                cost[3]
+            );
+            (r.kind, cost)
+        })
+        .collect();
+    statefun_e2e::plot::bars(
+        "aws_cost",
+        &format!("USD per million messages, AWS list prices ({PRICES_AS_OF})"),
+        "USD per million messages",
+        &[
+            "SQS",
+            "DynamoDB reads",
+            "DynamoDB writes",
+            "Lambda requests",
+        ],
+        &costs,
+    );
 }
+
+/// The prices the cost figures use: AWS's public list prices for us-east-1 as published
+/// on these dates (SQS FIFO requests, also used for the standard delay queue as an upper
+/// bound; DynamoDB on-demand after its 2024-11-01 price cut; Lambda requests). Lambda
+/// duration is left out: it is not measured here.
+const PRICES_AS_OF: &str = "SQS FIFO $0.50/M requests, DynamoDB on-demand $0.125/M reads, $0.625/M writes, Lambda $0.20/M requests; prices of 2024-11, read 2026-11-26";
+const SQS_PER_REQUEST: f64 = 0.50e-6;
+const DYNAMODB_PER_READ_UNIT: f64 = 0.125e-6;
+const DYNAMODB_PER_WRITE_UNIT: f64 = 0.625e-6;
+const LAMBDA_PER_REQUEST: f64 = 0.20e-6;

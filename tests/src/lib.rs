@@ -19,6 +19,7 @@ use statefun_core::{Address, Envelope, MessageId, Registry, TypedValue};
 use statefun_infra::local::{Poller, QueueSettings, provision};
 
 mod lambda_api;
+pub mod plot;
 pub mod stack;
 pub use lambda_api::LambdaRuntimeApi;
 

@@ -79,6 +79,17 @@ fn main() {
         latency[latency.len() - 1]
     );
 
+    statefun_e2e::plot::lines(
+        "deployed_latency",
+        "Deployed stack on MiniStack: send -> state visible (cargo bench ... --bench deployed)",
+        ("ms", "fraction of messages"),
+        false,
+        &[(
+            "signed HTTP API request to DynamoDB item",
+            statefun_e2e::plot::cdf(&latency),
+        )],
+    );
+
     for function in ["http-ingress", "dispatcher"] {
         let durations: Vec<f64> = stack
             .log_lines(function)

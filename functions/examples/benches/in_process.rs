@@ -127,9 +127,22 @@ fn main() {
         "{:>10}  {:>14}  {:>14}",
         "addresses", "core msg/s", "dispatch msg/s"
     );
-    for addresses in [1, 1_000, 1_000_000] {
+    let (mut cores, mut dispatches) = (Vec::new(), Vec::new());
+    for addresses in [1, 100, 1_000, 100_000, 1_000_000] {
         let c = core(&registry, addresses);
         let p = ports(&registry, addresses);
         println!("{addresses:>10}  {c:>14.0}  {p:>14.0}");
+        cores.push((addresses as f64, c / 1e6));
+        dispatches.push((addresses as f64, p / 1e6));
     }
+    statefun_e2e::plot::lines(
+        "in_process",
+        "In-process example/counter, one thread (cargo bench -p statefun-examples --bench in_process)",
+        ("addresses", "million msg/s"),
+        true,
+        &[
+            ("core processing", cores),
+            ("through the in-memory ports", dispatches),
+        ],
+    );
 }

@@ -62,6 +62,7 @@ fn main() {
         size as f64 / 1_000_000.0
     );
     println!("Lambda init, process start to first GET /runtime/invocation/next ({STARTS} starts):");
+    let mut figure = Vec::new();
     for role in [
         "dispatcher",
         "timer-forwarder",
@@ -78,5 +79,19 @@ fn main() {
             ms(times[STARTS / 2]),
             ms(times[STARTS - 1])
         );
+        figure.push((
+            role,
+            vec![ms(times[0]), ms(times[STARTS / 2]), ms(times[STARTS - 1])],
+        ));
     }
+    statefun_e2e::plot::bars(
+        "lambda_init",
+        &format!(
+            "Lambda init per role, {STARTS} starts; package {:.2} MB (bench/all.sh)",
+            size as f64 / 1_000_000.0
+        ),
+        "ms from process start to the first /next",
+        &["min", "median", "max"],
+        &figure,
+    );
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Regenerates every benchmark figure of BENCHMARKS.md into bench/figures (SVG, drawn by
+# the benchmarks themselves with plotters) and prints each one's numbers. Installs what
+# the benchmarks start, as the tests do. Takes 15-25 minutes on a 2-core machine; run it
+# on a quiet one. Usage: bench/all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/tools.sh
+install_test_tools
+install_deploy_tools
+export STATEFUN_FIGURES=$PWD/bench/figures
+
+echo "== in-process: msg/s by number of addresses (in_process.svg)"
+cargo bench -p statefun-examples --bench in_process
+echo "== embedded durable runtime: throughput by clients, accept latency CDF (embedded_*.svg)"
+cargo bench -p statefun-embedded --bench durable
+echo "== AWS path on the emulators: requests, units and cost per message (aws_*.svg)"
+cargo bench -p statefun-e2e --bench aws_requests
+echo "== the Lambda package and its init time per role (lambda_init.svg)"
+PATH="$PWD/.venv-deploy/bin:$PATH" cargo lambda build --release --x86-64 --bin statefun-lambda
+STATEFUN_LAMBDA_BINARY=target/lambda/statefun-lambda/bootstrap \
+  cargo bench -p statefun-examples --features aws --bench lambda_init
+echo "== the deployed stack on MiniStack: send -> state latency, invocations, requests"
+cargo bench -p statefun-examples --features aws --bench deployed

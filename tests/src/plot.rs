@@ -1,0 +1,197 @@
+//! The benchmarks' figures: SVG charts (plotters) written where `STATEFUN_FIGURES`
+//! says (bench/all.sh sets it to `bench/figures`); without it, benchmarks only print.
+
+use std::path::PathBuf;
+
+use plotters::prelude::*;
+
+const COLOURS: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+];
+
+/// About 200 points of a sorted, non-empty sample's CDF: (value, fraction at or below).
+pub fn cdf(sorted: &[f64]) -> Vec<(f64, f64)> {
+    let step = (sorted.len() / 200).max(1);
+    (0..sorted.len())
+        .step_by(step)
+        .chain(std::iter::once(sorted.len() - 1))
+        .map(|i| (sorted[i], (i + 1) as f64 / sorted.len() as f64))
+        .collect()
+}
+
+/// Where a figure named `name` goes, if figures are wanted.
+fn target(name: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("STATEFUN_FIGURES")?);
+    std::fs::create_dir_all(&dir).expect("the figures dir");
+    Some(dir.join(format!("{name}.svg")))
+}
+
+/// A line chart: one line per series of `(x, y)` points; `log_x` for a log-scale x.
+pub fn lines(
+    name: &str,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    log_x: bool,
+    series: &[(&str, Vec<(f64, f64)>)],
+) {
+    let Some(path) = target(name) else { return };
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (mut x_max, mut y_max, mut x_min) = (0f64, 0f64, f64::MAX);
+    for (x, y) in points {
+        x_max = x_max.max(*x);
+        x_min = x_min.min(*x);
+        y_max = y_max.max(*y);
+    }
+    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).expect("draw");
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70);
+    let y_range = 0f64..(y_max * 1.1).max(f64::MIN_POSITIVE);
+    if log_x {
+        let x_range = (x_min.max(f64::MIN_POSITIVE)..x_max * 1.5).log_scale();
+        draw_lines(&mut builder, x_range, y_range, (x_desc, y_desc), series);
+    } else {
+        draw_lines(
+            &mut builder,
+            x_min.min(0.0)..x_max * 1.05,
+            y_range,
+            (x_desc, y_desc),
+            series,
+        );
+    }
+    root.present().expect("write the figure");
+    println!("figure: {}", path.display());
+}
+
+fn draw_lines<X>(
+    builder: &mut ChartBuilder<'_, '_, SVGBackend<'_>>,
+    x_range: X,
+    y_range: std::ops::Range<f64>,
+    (x_desc, y_desc): (&str, &str),
+    series: &[(&str, Vec<(f64, f64)>)],
+) where
+    X: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    X::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let mut chart = builder.build_cartesian_2d(x_range, y_range).expect("chart");
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .expect("mesh");
+    for (i, (label, points)) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .expect("series")
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, colour.filled())))
+            .expect("points");
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .expect("legend");
+}
+
+/// A grouped bar chart: for each category, one bar per series (values in series order).
+pub fn bars(
+    name: &str,
+    title: &str,
+    y_desc: &str,
+    series: &[&str],
+    categories: &[(&str, Vec<f64>)],
+) {
+    let Some(path) = target(name) else { return };
+    let y_max = categories
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0f64, f64::max);
+    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE).expect("draw");
+    let n = categories.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..n as f64, 0f64..(y_max * 1.2).max(f64::MIN_POSITIVE))
+        .expect("chart");
+    let labels: Vec<String> = categories.iter().map(|(c, _)| c.to_string()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.max(1))
+        .x_label_formatter(&|x| {
+            let i = (*x - 0.5).round();
+            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()
+        .expect("mesh");
+    let width = 0.8 / series.len().max(1) as f64;
+    for (s, label) in series.iter().enumerate() {
+        let colour = COLOURS[s % COLOURS.len()];
+        chart
+            .draw_series(
+                categories
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, values))| {
+                        let v = *values.get(s)?;
+                        let left = i as f64 + 0.1 + s as f64 * width;
+                        Some(Rectangle::new(
+                            [(left, 0.0), (left + width, v)],
+                            colour.filled(),
+                        ))
+                    }),
+            )
+            .expect("bars")
+            .label(*label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
+        chart
+            .draw_series(
+                categories
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, values))| {
+                        let v = *values.get(s)?;
+                        let centre = i as f64 + 0.1 + (s as f64 + 0.5) * width;
+                        Some(Text::new(
+                            format!("{v:.3}")
+                                .trim_end_matches('0')
+                                .trim_end_matches('.')
+                                .to_string(),
+                            (centre, v),
+                            ("sans-serif", 12).into_font().color(&BLACK),
+                        ))
+                    }),
+            )
+            .expect("values");
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .expect("legend");
+    root.present().expect("write the figure");
+    println!("figure: {}", path.display());
+}
