@@ -14,4 +14,5 @@ done = function(summary, latency, requests)
   local e = summary.errors
   local accepted = summary.requests - e.status - e.connect - e.read - e.write - e.timeout
   io.write(string.format("ACCEPTED %d\n", accepted))
+  io.write(string.format("P50_MS %.2f\nP99_MS %.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end

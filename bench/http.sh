@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-64}
 port=18090
-cargo build --profile bench -q --bin statefun-lambda   # the speed profile (release is sized for Lambda)
-bin=target/release/statefun-lambda
+# The speed profile (release is sized for Lambda); STATEFUN_BIN times another build.
+if [ -z "${STATEFUN_BIN:-}" ]; then
+  cargo build --profile bench -q --bin statefun-lambda
+fi
+bin=${STATEFUN_BIN:-target/release/statefun-lambda}
 
 sum_counts() { # addresses
   python3 - "$port" "$1" <<'PY'
@@ -42,7 +45,7 @@ run() { # addresses
   rm -rf "$data" "$data.log"
   python3 -c "
 a, s, w, e, ap = $accepted, $start, $wrk_end, $end, $applied
-print(f'{$addresses:>9} addresses  {a:>8} accepted  {a/(w-s):>9.0f} accepted msg/s  {a/(e-s):>9.0f} accepted+applied msg/s  (applied {ap}: wrk leaves up to $conns in-flight requests uncounted)')"
+print(f'{$addresses:>9} addresses  {a:>8} accepted  {a/(w-s):>9.0f} accepted msg/s  {a/(e-s):>9.0f} accepted+applied msg/s  accept p50 $(echo "$wrk_out" | awk '/^P50_MS/ {print $2}') ms  p99 $(echo "$wrk_out" | awk '/^P99_MS/ {print $2}') ms  (applied {ap}: wrk leaves up to $conns in-flight requests uncounted)')"
   echo "$wrk_out" | grep -E "Latency|Req/Sec" | sed 's/^/    /'
 }
 

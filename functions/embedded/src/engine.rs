@@ -7,8 +7,11 @@
 //!    spilled dedup entries and its outbox (new inbox rows, timers, cancellations:
 //!    a cancel is in effect from its commit) — group commit;
 //! 3. egress records of those outboxes are written out (at-least-once, stable ids);
-//! 4. transaction B, durable: acknowledgements, retries and dead letters, newly
-//!    accepted ingress messages, and timers that fell due move to the inbox.
+//! 4. transaction B, durable: acknowledgements, retries and dead letters, and timers
+//!    that fell due move to the inbox.
+//!
+//! HTTP ingress messages are written to the inbox by the accept thread
+//! ([`crate::accept`]) and reach the engine once committed (`Command::Accepted`).
 //!
 //! A crash between A and B is the "commit landed, sends did not" case: the inputs are
 //! still in the inbox, come again, are recognised as applied and bring their outbox
@@ -16,6 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -36,8 +40,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::store::{
-    self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ, STATE,
-    TIMER_TOKENS, TIMERS, TimerEntry,
+    self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, InboxEntry, META, NEXT_SEQ, STATE, TIMER_TOKENS,
+    TIMERS, TimerEntry,
 };
 use crate::{EgressSink, EmbeddedConfig, EmbeddedError, KeyReused, Status};
 
@@ -52,7 +56,8 @@ pub(crate) struct IngressRequest {
 }
 
 pub(crate) enum Command {
-    Ingress(IngressRequest),
+    /// Messages the acceptor committed to the inbox.
+    Accepted(Vec<(u64, InboxEntry)>),
     /// A remote call finished: its outcome is ready to commit.
     RemoteDone,
     Status(oneshot::Sender<Status>),
@@ -91,12 +96,11 @@ struct Tables<'t> {
 impl Tables<'_> {
     fn enqueue(
         &mut self,
-        seq: &mut u64,
+        seqs: &AtomicU64,
         envelope: Envelope,
         delta: &mut Delta,
     ) -> Result<u64, EmbeddedError> {
-        let s = *seq;
-        *seq += 1;
+        let s = seqs.fetch_add(1, Ordering::SeqCst);
         let entry = InboxEntry {
             envelope,
             attempts: 0,
@@ -110,7 +114,7 @@ impl Tables<'_> {
     fn apply(
         &mut self,
         entry: &OutboxEntry,
-        seq: &mut u64,
+        seq: &AtomicU64,
         delta: &mut Delta,
     ) -> Result<(), EmbeddedError> {
         match entry {
@@ -161,7 +165,7 @@ impl Tables<'_> {
     fn fire(
         &mut self,
         key: &(u64, String),
-        seq: &mut u64,
+        seq: &AtomicU64,
         delta: &mut Delta,
     ) -> Result<(), EmbeddedError> {
         let removed = self
@@ -197,7 +201,8 @@ pub(crate) struct Engine {
     /// When an address that failed may run again (monotonic time: operational backoff,
     /// not the functions' clock).
     retry_at: HashMap<Address, Instant>,
-    next_seq: u64,
+    /// The next inbox row's sequence number, shared with the acceptor.
+    seqs: Arc<AtomicU64>,
     commits: u64,
     /// When expired spilled dedup entries are next cleared out.
     next_dedup_prune_ms: u64,
@@ -211,14 +216,12 @@ pub(crate) struct Engine {
     metrics: Arc<Metrics>,
 }
 
-/// What identifies a message's content for an idempotency key: its type and bytes.
-fn message_digest(value: &TypedValue) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(value.typename.as_str().as_bytes());
-    h.update([0]);
-    h.update(value.value.as_deref().unwrap_or_default());
-    h.finalize().into()
+/// What the engine starts from: the recovered inbox and timers, the sequence counter it
+/// shares with the acceptor, the metrics.
+pub(crate) struct Start {
+    pub(crate) recovered: store::Recovered,
+    pub(crate) seqs: Arc<AtomicU64>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -229,9 +232,13 @@ impl Engine {
         clock: Arc<dyn Clock>,
         egress: Box<dyn EgressSink>,
         channel: (Sender<Command>, Receiver<Command>),
-        metrics: Arc<Metrics>,
+        start: Start,
     ) -> Result<Self, EmbeddedError> {
-        let recovered = store::recover(&db)?;
+        let Start {
+            recovered,
+            seqs,
+            metrics,
+        } = start;
         let txn = db.begin_write()?;
         let horizon = clock
             .now_ms()
@@ -255,7 +262,7 @@ impl Engine {
             timers: recovered.timers.into_iter().collect(),
             cache: HashMap::new(),
             retry_at: HashMap::new(),
-            next_seq: recovered.next_seq,
+            seqs,
             commits: 0,
             next_dedup_prune_ms: 0,
             specs: Arc::default(),
@@ -307,36 +314,37 @@ impl Engine {
     pub(crate) fn run(mut self) -> Result<(), EmbeddedError> {
         let mut shutting_down = false;
         while !shutting_down {
-            let mut ingress = Vec::new();
             let now = self.clock.now_ms();
             if !self.deliverable(now) {
                 match self.rx.recv_timeout(self.idle_wait(now)) {
-                    Ok(Command::Ingress(req)) => ingress.push(req),
-                    Ok(Command::RemoteDone) => {}
-                    Ok(Command::Status(reply)) => {
-                        let _ = reply.send(self.status());
-                    }
-                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                        shutting_down = true
-                    }
+                    Ok(command) => shutting_down |= self.obey(command),
+                    Err(RecvTimeoutError::Disconnected) => shutting_down = true,
                     Err(RecvTimeoutError::Timeout) => {}
                 }
             }
-            while ingress.len() < self.config.max_batch_messages {
-                match self.rx.try_recv() {
-                    Ok(Command::Ingress(req)) => ingress.push(req),
-                    Ok(Command::RemoteDone) => {}
-                    Ok(Command::Status(reply)) => {
-                        let _ = reply.send(self.status());
-                    }
-                    Ok(Command::Shutdown) => shutting_down = true,
-                    Err(_) => break,
-                }
+            while let Ok(command) = self.rx.try_recv() {
+                shutting_down |= self.obey(command);
             }
-            self.round(ingress)?;
+            self.round()?;
         }
         info!("engine stopped");
         Ok(())
+    }
+
+    /// Takes one command in; true if it asks the engine to stop.
+    fn obey(&mut self, command: Command) -> bool {
+        match command {
+            Command::Accepted(entries) => {
+                self.pending.extend(entries);
+                self.metrics.inbox_depth.set(self.pending.len() as i64);
+            }
+            Command::RemoteDone => {}
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Shutdown => return true,
+        }
+        false
     }
 
     /// The most messages one invocation batch of `t` may carry: a remote endpoint's
@@ -407,7 +415,7 @@ impl Engine {
             .collect())
     }
 
-    fn round(&mut self, ingress: Vec<IngressRequest>) -> Result<(), EmbeddedError> {
+    fn round(&mut self) -> Result<(), EmbeddedError> {
         let now = self.clock.now_ms();
         let mut groups = self.select();
         let addresses: Vec<&Address> = groups.iter().map(|(a, _)| a).collect();
@@ -450,13 +458,13 @@ impl Engine {
             outcomes.push(outcome);
         }
 
-        let mut seq = self.next_seq;
+        let seqs = self.seqs.clone();
         let mut delta = Delta::default();
         if outcomes
             .iter()
             .any(|o| !o.resend.is_empty() || o.commit.is_some())
         {
-            self.commit_states(&groups, &outcomes, &mut seq, &mut delta)?;
+            self.commit_states(&groups, &outcomes, &seqs, &mut delta)?;
         }
         // Egress before the acknowledgements: a crash in between re-emits (same ids)
         // rather than loses.
@@ -483,8 +491,7 @@ impl Engine {
             .collect();
         let txn = self.db.begin_write()?;
         let mut dead = Vec::new();
-        let mut replies = Vec::new();
-        let mut accepted = 0;
+
         {
             let mut tables = Tables {
                 inbox: txn.open_table(INBOX)?,
@@ -523,62 +530,13 @@ impl Engine {
                     }
                 }
             }
-            let mut keys = txn.open_table(INGRESS_KEYS)?;
-            for req in ingress {
-                let id = |seq| MessageId::Ordered {
-                    source: HTTP_INGRESS.into(),
-                    seq,
-                    index: 0,
-                };
-                // A keyed request: the key is scoped to its target, and the message it
-                // was first used for is remembered by digest.
-                let keyed = req.key.as_ref().map(|key| {
-                    (
-                        key.clone(),
-                        store::address_key(&req.target),
-                        message_digest(&req.value),
-                    )
-                });
-                let existing = match &keyed {
-                    Some((key, target, digest)) => keys
-                        .get((target.as_slice(), key.as_str()))?
-                        .map(|v| (v.value().0, v.value().2 == digest.as_slice())),
-                    None => None,
-                };
-                let result = match (existing, keyed) {
-                    (Some((s, true)), _) => Ok(id(s)),
-                    (Some((_, false)), Some((key, _, _))) => Err(KeyReused {
-                        key,
-                        target: req.target,
-                    }),
-                    (_, keyed) => {
-                        let s = seq;
-                        let envelope = Envelope {
-                            id: id(s),
-                            target: req.target,
-                            caller: None,
-                            value: req.value,
-                        };
-                        tables.enqueue(&mut seq, envelope, &mut delta)?;
-                        accepted += 1;
-                        if let Some((key, target, digest)) = keyed {
-                            keys.insert(
-                                (target.as_slice(), key.as_str()),
-                                (s, now, digest.as_slice()),
-                            )?;
-                        }
-                        Ok(id(s))
-                    }
-                };
-                replies.push((req.reply, result));
-            }
             let due: Vec<(u64, String)> = self
                 .timers
                 .range(..(now + 1, String::new()))
                 .cloned()
                 .collect();
             for key in &due {
-                tables.fire(key, &mut seq, &mut delta)?;
+                tables.fire(key, &seqs, &mut delta)?;
             }
             let mut letters = txn.open_table(DEAD_LETTERS)?;
             for (culprit, envelope, reason) in &dead {
@@ -589,7 +547,8 @@ impl Engine {
                 };
                 letters.insert(culprit, store::encode(&letter).as_slice())?;
             }
-            txn.open_table(META)?.insert(NEXT_SEQ, seq)?;
+            txn.open_table(META)?
+                .insert(NEXT_SEQ, seqs.load(Ordering::SeqCst))?;
         }
         if now >= self.next_dedup_prune_ms {
             store::prune_dedup(&txn, now)?;
@@ -598,13 +557,11 @@ impl Engine {
         let started = Instant::now();
         txn.commit()?;
         self.metrics.commit("inbox", started.elapsed());
-        self.metrics.accepted.inc_by(accepted);
         for ((address, seqs), (done, _)) in groups.iter().zip(&splits) {
             self.metrics.invocation(&address.function_type, seqs.len());
             self.metrics.applied.inc_by(done.len() as u64);
         }
 
-        self.next_seq = seq;
         for ((address, _), (done, culprit)) in groups.iter().zip(&splits) {
             for s in done {
                 self.pending.remove(s);
@@ -623,10 +580,6 @@ impl Engine {
         self.timers.extend(delta.timers_added);
         self.metrics.inbox_depth.set(self.pending.len() as i64);
         self.metrics.timers_pending.set(self.timers.len() as i64);
-        for (reply, result) in replies {
-            // The client may have gone away; the message is accepted all the same.
-            let _ = reply.send(result);
-        }
         Ok(())
     }
 
@@ -732,7 +685,7 @@ impl Engine {
         &mut self,
         groups: &[(Address, Vec<u64>)],
         outcomes: &[AddressOutcome],
-        seq: &mut u64,
+        seq: &AtomicU64,
         delta: &mut Delta,
     ) -> Result<(), EmbeddedError> {
         let txn = self.db.begin_write()?;
@@ -769,7 +722,8 @@ impl Engine {
                     }
                 }
             }
-            txn.open_table(META)?.insert(NEXT_SEQ, *seq)?;
+            txn.open_table(META)?
+                .insert(NEXT_SEQ, seq.load(Ordering::SeqCst))?;
         }
         let started = Instant::now();
         txn.commit()?;

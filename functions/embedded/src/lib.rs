@@ -16,6 +16,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use statefun_core::{
 pub use statefun_remote::HttpFunctions;
 use tokio::sync::oneshot;
 
+mod accept;
 mod engine;
 pub mod ingress;
 mod metrics;
@@ -37,6 +39,7 @@ pub use engine::HTTP_INGRESS;
 pub use metrics::Metrics;
 pub use store::DeadLetter;
 
+use accept::{Accept, Acceptor};
 use engine::{Command, Engine, IngressRequest};
 
 /// Failures of the embedded runtime itself (not of functions, which are retried or
@@ -274,6 +277,7 @@ pub fn replay_at(
 pub struct Runtime {
     handle: RuntimeHandle,
     engine: JoinHandle<Result<(), EmbeddedError>>,
+    acceptor: JoinHandle<()>,
     stopped: Option<oneshot::Receiver<()>>,
 }
 
@@ -281,6 +285,7 @@ pub struct Runtime {
 #[derive(Clone)]
 pub struct RuntimeHandle {
     tx: Sender<Command>,
+    accept: Sender<Accept>,
     db: Arc<Database>,
     registry: Arc<Registry>,
     remote: Option<Arc<HttpFunctions>>,
@@ -325,6 +330,8 @@ impl Runtime {
             ));
         }
         let metrics = Arc::new(Metrics::default());
+        let recovered = store::recover(&db)?;
+        let seqs = Arc::new(AtomicU64::new(recovered.next_seq));
         let engine = Engine::new(
             db.clone(),
             registry.clone(),
@@ -332,8 +339,24 @@ impl Runtime {
             clock.clone(),
             egress,
             (tx.clone(), rx),
-            metrics.clone(),
+            engine::Start {
+                recovered,
+                seqs: seqs.clone(),
+                metrics: metrics.clone(),
+            },
         )?;
+        let (accept, accept_rx) = mpsc::channel();
+        let acceptor = Acceptor {
+            db: db.clone(),
+            seqs,
+            clock: clock.clone(),
+            engine: tx.clone(),
+            metrics: metrics.clone(),
+        };
+        let acceptor = std::thread::Builder::new()
+            .name("statefun-accept".into())
+            .spawn(move || acceptor.run(accept_rx))
+            .map_err(|e| EmbeddedError::Io("spawning the accept thread".into(), e))?;
         let (stopped_tx, stopped) = oneshot::channel();
         let engine = std::thread::Builder::new()
             .name("statefun-engine".into())
@@ -347,6 +370,7 @@ impl Runtime {
         Ok(Runtime {
             handle: RuntimeHandle {
                 tx,
+                accept,
                 db,
                 registry,
                 remote,
@@ -355,6 +379,7 @@ impl Runtime {
                 metrics,
             },
             engine,
+            acceptor,
             stopped: Some(stopped),
         })
     }
@@ -380,6 +405,9 @@ impl Runtime {
 
     /// Finishes the current round and stops.
     pub fn shutdown(self) -> Result<(), EmbeddedError> {
+        // Accepting stops first: what it committed is in the inbox for the next start.
+        let _ = self.handle.accept.send(Accept::Shutdown);
+        let _ = self.acceptor.join();
         // If the engine already stopped, joining tells why.
         let _ = self.handle.tx.send(Command::Shutdown);
         self.engine.join().map_err(|_| EmbeddedError::EngineGone)?
@@ -404,8 +432,8 @@ impl RuntimeHandle {
             key: idempotency_key,
             reply,
         };
-        self.tx
-            .send(Command::Ingress(request))
+        self.accept
+            .send(Accept::Request(request))
             .map_err(|_| EmbeddedError::EngineGone)?;
         Ok(rx.await.map_err(|_| EmbeddedError::EngineGone)??)
     }

@@ -93,7 +93,7 @@ impl Default for Metrics {
         );
         registry.register(
             "commit_seconds",
-            "Durable commits: instance records (state) and the inbox round (inbox)",
+            "Durable commits: accepted messages (accept), instance records (state), the inbox round (inbox)",
             metrics.commit_seconds.clone(),
         );
         registry.register(

@@ -158,11 +158,15 @@ pub(crate) fn recover(db: &Database) -> Result<Recovered, EmbeddedError> {
         .open_table(META)?
         .get(NEXT_SEQ)?
         .map_or(1, |v| v.value());
-    let mut inbox = Vec::new();
+    let mut inbox: Vec<(u64, InboxEntry)> = Vec::new();
     for row in txn.open_table(INBOX)?.iter()? {
         let (seq, bytes) = row?;
         inbox.push((seq.value(), decode("inbox entry", bytes.value())?));
     }
+    // Never below a row already written (the counter is written with every commit).
+    let next_seq = inbox
+        .last()
+        .map_or(next_seq, |(last, _)| next_seq.max(last + 1));
     let mut timers = Vec::new();
     for row in txn.open_table(TIMERS)?.iter()? {
         let (key, _) = row?;
