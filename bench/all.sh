@@ -18,7 +18,7 @@ echo "== AWS path on the emulators: requests, units and cost per message (aws_*.
 cargo bench -p statefun-e2e --bench aws_requests
 echo "== the Lambda package and its init time per role (lambda_init.svg)"
 PATH="$PWD/.venv-deploy/bin:$PATH" cargo lambda build --release --x86-64 --bin statefun-lambda
-STATEFUN_LAMBDA_BINARY=target/lambda/statefun-lambda/bootstrap \
+STATEFUN_LAMBDA_BINARY="$PWD/target/lambda/statefun-lambda/bootstrap" \
   cargo bench -p statefun-examples --features aws --bench lambda_init
 echo "== the deployed stack on MiniStack: send -> state latency, invocations, requests"
 cargo bench -p statefun-examples --features aws --bench deployed

@@ -115,7 +115,19 @@ pub fn bars(
     series: &[&str],
     categories: &[(&str, Vec<f64>)],
 ) {
-    let Some(path) = target(name) else { return };
+    if let Some(path) = target(name) {
+        draw_bars(&path, title, y_desc, series, categories);
+        println!("figure: {}", path.display());
+    }
+}
+
+fn draw_bars(
+    path: &std::path::Path,
+    title: &str,
+    y_desc: &str,
+    series: &[&str],
+    categories: &[(&str, Vec<f64>)],
+) {
     let y_max = categories
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
@@ -123,12 +135,16 @@ pub fn bars(
     let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
     root.fill(&WHITE).expect("draw");
     let n = categories.len();
+    // Category i spans [i - 0.5, i + 0.5]: its label sits on the tick at i.
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
+        .caption(title, ("sans-serif", 17))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0f64..n as f64, 0f64..(y_max * 1.2).max(f64::MIN_POSITIVE))
+        .build_cartesian_2d(
+            -0.5f64..n as f64 - 0.5,
+            0f64..(y_max * 1.4).max(f64::MIN_POSITIVE),
+        )
         .expect("chart");
     let labels: Vec<String> = categories.iter().map(|(c, _)| c.to_string()).collect();
     chart
@@ -136,8 +152,8 @@ pub fn bars(
         .disable_x_mesh()
         .x_labels(n.max(1))
         .x_label_formatter(&|x| {
-            let i = (*x - 0.5).round();
-            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 {
                 labels.get(i as usize).cloned().unwrap_or_default()
             } else {
                 String::new()
@@ -149,6 +165,7 @@ pub fn bars(
     let width = 0.8 / series.len().max(1) as f64;
     for (s, label) in series.iter().enumerate() {
         let colour = COLOURS[s % COLOURS.len()];
+        let left = |i: usize| i as f64 - 0.4 + s as f64 * width;
         chart
             .draw_series(
                 categories
@@ -156,9 +173,8 @@ pub fn bars(
                     .enumerate()
                     .filter_map(|(i, (_, values))| {
                         let v = *values.get(s)?;
-                        let left = i as f64 + 0.1 + s as f64 * width;
                         Some(Rectangle::new(
-                            [(left, 0.0), (left + width, v)],
+                            [(left(i), 0.0), (left(i) + width, v)],
                             colour.filled(),
                         ))
                     }),
@@ -173,25 +189,48 @@ pub fn bars(
                     .enumerate()
                     .filter_map(|(i, (_, values))| {
                         let v = *values.get(s)?;
-                        let centre = i as f64 + 0.1 + (s as f64 + 0.5) * width;
-                        Some(Text::new(
-                            format!("{v:.3}")
-                                .trim_end_matches('0')
-                                .trim_end_matches('.')
-                                .to_string(),
-                            (centre, v),
-                            ("sans-serif", 12).into_font().color(&BLACK),
-                        ))
+                        let text = format!("{v:.2}");
+                        Some(
+                            EmptyElement::at((left(i), v))
+                                + Text::new(
+                                    text,
+                                    (0, -14),
+                                    ("sans-serif", 11).into_font().color(&BLACK),
+                                ),
+                        )
                     }),
             )
             .expect("values");
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
+        .background_style(WHITE.mix(0.9))
         .draw()
         .expect("legend");
     root.present().expect("write the figure");
-    println!("figure: {}", path.display());
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bar_chart_names_its_categories_and_shows_its_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bars.svg");
+        super::draw_bars(
+            &path,
+            "per message",
+            "count",
+            &["requests", "write units"],
+            &[
+                ("direct", vec![0.29, 2.0]),
+                ("keyed ingress", vec![0.29, 2.56]),
+            ],
+        );
+        let svg = std::fs::read_to_string(&path).expect("the figure");
+        for text in ["direct", "keyed ingress", "0.29", "2.56", "write units"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+    }
 }

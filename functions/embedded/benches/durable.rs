@@ -152,8 +152,8 @@ async fn main() {
     statefun_e2e::plot::lines(
         "embedded_accept_latency",
         "Embedded accept latency CDF, 1,000 counters (same bench)",
-        ("accept latency (ms)", "fraction of messages"),
-        false,
+        ("accept latency (ms, log scale)", "fraction of messages"),
+        true,
         &cdfs,
     );
 }
