@@ -72,22 +72,17 @@ impl Letter {
             m.message_attributes()
                 .and_then(|a| a.get(name))
                 .and_then(|v| v.string_value())
-                .unwrap_or("-")
-                .to_string()
+                .map(str::to_string)
         };
         Letter {
             dlq_id: m.message_id().unwrap_or_default().to_string(),
             receipt: m.receipt_handle().unwrap_or_default().to_string(),
             envelope: statefun_aws::envelope::decode(m.body().unwrap_or_default()).ok(),
             // Redriven by SQS after too many receives: no attributes of ours.
-            reason: m
-                .message_attributes()
-                .and_then(|a| a.get("Reason"))
-                .and_then(|v| v.string_value())
-                .unwrap_or("redriven by SQS after too many receives")
-                .to_string(),
-            handler: attribute("Handler"),
-            source_group: attribute("SourceGroup"),
+            reason: attribute("Reason")
+                .unwrap_or_else(|| "redriven by SQS after too many receives".into()),
+            handler: attribute("Handler").unwrap_or_else(|| "-".into()),
+            source_group: attribute("SourceGroup").unwrap_or_else(|| "-".into()),
             dead_lettered_at_ms: m
                 .attributes()
                 .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))

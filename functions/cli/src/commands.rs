@@ -139,6 +139,14 @@ fn parse_address(text: &str) -> anyhow::Result<statefun_core::Address> {
     Ok(statefun_core::Address::new(t, id))
 }
 
+/// One line of `dlq replay`: a message put back, under its fresh id.
+fn print_replayed(envelope: &statefun_core::Envelope) {
+    println!(
+        "{}",
+        serde_json::json!({"address": envelope.target.to_string(), "message_id": envelope.id.to_string()})
+    );
+}
+
 /// `dlq list|replay --data-dir`: the embedded runtime's dead letters.
 fn embedded_dlq(dir: &std::path::Path, command: &DlqCommand) -> anyhow::Result<()> {
     match command {
@@ -167,12 +175,7 @@ fn embedded_dlq(dir: &std::path::Path, command: &DlqCommand) -> anyhow::Result<(
                     .is_none_or(|a| *a == letter.envelope.target)
                     && reason.is_none_or(|r| letter.reason.contains(r))
             })?;
-            for envelope in replayed {
-                println!(
-                    "{}",
-                    serde_json::json!({"address": envelope.target.to_string(), "message_id": envelope.id.to_string()})
-                );
-            }
+            replayed.iter().for_each(print_replayed);
         }
     }
     Ok(())
@@ -369,14 +372,14 @@ async fn run<A: clap::Args + FromArgMatches + 'static>(
 /// The AWS commands: a deployment or an emulator, as the Lambdas see it.
 #[cfg(feature = "aws")]
 mod aws {
+    use std::time::Duration;
+
     use clap::FromArgMatches;
     use tracing::info;
 
-    use std::time::Duration;
-
     use super::{
         AwsArgs, DlqCommand, PollArgs, ProvisionArgs, ReplayArgs, SendArgs, StateArgs, TailArgs,
-        parse_address, shutdown_signal,
+        parse_address, print_replayed, shutdown_signal,
     };
 
     /// A spinner on stderr for an operation that may take more than a moment (hidden when
@@ -569,12 +572,7 @@ mod aws {
                 })
                 .await;
                 bar.finish_and_clear();
-                for envelope in replayed? {
-                    println!(
-                        "{}",
-                        serde_json::json!({"address": envelope.target.to_string(), "message_id": envelope.id.to_string()})
-                    );
-                }
+                replayed?.iter().for_each(print_replayed);
                 let skipped = others.iter().filter(|l| l.envelope.is_none()).count();
                 if skipped > 0 {
                     tracing::warn!(

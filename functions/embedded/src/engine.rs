@@ -44,6 +44,8 @@ use crate::store::{
     TIMERS, TimerEntry,
 };
 use crate::{EgressSink, EmbeddedConfig, EmbeddedError, KeyReused, Status};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// The source name of messages accepted by the HTTP ingress.
 pub const HTTP_INGRESS: &str = "ingress/http";
@@ -214,6 +216,8 @@ pub(crate) struct Engine {
     /// Where a finished call wakes the engine.
     wake: Sender<Command>,
     metrics: Arc<Metrics>,
+    /// Each function type's invocation metrics, looked up once.
+    invocation_metrics: HashMap<statefun_core::TypeName, (Counter, Histogram)>,
 }
 
 /// What the engine starts from: the recovered inbox and timers, the sequence counter it
@@ -270,6 +274,7 @@ impl Engine {
             wake: channel.0,
             tokio: tokio::runtime::Handle::try_current().ok(),
             metrics,
+            invocation_metrics: HashMap::new(),
         })
     }
 
@@ -558,7 +563,13 @@ impl Engine {
         txn.commit()?;
         self.metrics.commit("inbox", started.elapsed());
         for ((address, seqs), (done, _)) in groups.iter().zip(&splits) {
-            self.metrics.invocation(&address.function_type, seqs.len());
+            let metrics = &self.metrics;
+            let (count, sizes) = self
+                .invocation_metrics
+                .entry(address.function_type.clone())
+                .or_insert_with(|| metrics.invocations_of(&address.function_type));
+            count.inc();
+            sizes.observe(seqs.len() as f64);
             self.metrics.applied.inc_by(done.len() as u64);
         }
 

@@ -142,14 +142,19 @@ impl Metrics {
         text
     }
 
-    pub(crate) fn invocation(&self, function_type: &statefun_core::TypeName, messages: usize) {
+    /// A function type's invocation counter and batch-size histogram, for the engine to
+    /// keep (a label lookup per invocation would be work on the hot path).
+    pub(crate) fn invocations_of(
+        &self,
+        function_type: &statefun_core::TypeName,
+    ) -> (Counter, Histogram) {
         let label = FunctionType {
             function_type: function_type.to_string(),
         };
-        self.invocations.get_or_create(&label).inc();
-        self.batch_size
-            .get_or_create(&label)
-            .observe(messages as f64);
+        (
+            self.invocations.get_or_create(&label).clone(),
+            self.batch_size.get_or_create(&label).clone(),
+        )
     }
 
     pub(crate) fn remote_call(

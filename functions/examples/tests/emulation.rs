@@ -268,26 +268,13 @@ async fn egress_tail_prints_what_arrives_and_consumes_only_with_delete() {
     aws.settle().await;
     let url = aws.url_of("greets");
     let tail = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
-            .args([
-                "egress",
-                "tail",
-                &url,
-                "--count",
-                "2",
-                "--endpoint-url",
-                &aws.moto.url,
-            ])
-            .args(extra)
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .output()
-            .expect("run statefun-lambda");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut values: Vec<String> = lines(&String::from_utf8_lossy(&out.stdout))
+        let args: Vec<&str> = ["egress", "tail", url.as_str(), "--count", "2"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let (ok, out, err) = cli(&aws.moto.url, &args);
+        assert!(ok, "{err}");
+        let mut values: Vec<String> = lines(&out)
             .iter()
             .map(|record| record["value"].as_str().unwrap_or_default().to_string())
             .collect();
