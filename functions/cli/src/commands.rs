@@ -261,7 +261,8 @@ pub(crate) struct RunArgs<A: clap::Args> {
     /// which function types the HTTP ingress exposes, egress declarations.
     #[arg(long)]
     module: Option<PathBuf>,
-    /// Test fail point: abort right after this many state commits, before their sends.
+    /// Test fail point: abort right after the first state commit, from this many on,
+    /// that has egress to send (before it is sent).
     #[arg(long, hide = true)]
     crash_after_commits: Option<u64>,
     /// Test knob: the dedup bytes an instance record keeps before it moves entries out

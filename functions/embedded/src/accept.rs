@@ -1,17 +1,25 @@
-//! The accept path: the HTTP ingress's messages are written into the inbox by a thread
-//! of their own, many requests per durable commit (group commit), and each answered
-//! once its commit is on disk; the engine learns of them after that commit. A 202 so
-//! waits for one write of its own, never for the engine's round (its invocations and
-//! commits). Sequence numbers come from one counter shared with the engine, so an
-//! accepted message's inbox row and its message id (`ingress/http@<seq>.0`) never
-//! collide with the engine's own rows.
+//! The accept path: the HTTP ingress's messages are written by a thread of their own
+//! into a file of their own (`accepted.redb`), many requests per durable commit (group
+//! commit), and each is answered once its commit is on disk; the engine learns of them
+//! after that commit. A 202 so waits for one write of its own, never for the engine's
+//! round nor for the engine's write lock. Sequence numbers come from one counter shared
+//! with the engine, so an accepted message's row and its message id
+//! (`ingress/http@<seq>.0`) never collide with the engine's own rows.
+//!
+//! The engine settles a row (applied, moved into its own inbox for a retry, or
+//! dead-lettered) in its own commit and then hands the row number back here; the row
+//! goes with this thread's next commit. That removal needs no fsync of its own: one
+//! lost to a crash brings the message again, and the receiver's dedup recognises it as
+//! applied — the "commit landed, acknowledgement did not" case every path handles. It
+//! is made durable with the next accept, and at the latest after `flush_within`
+//! (shorter than the dedup retention), and at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable};
+use redb::{Database, Durability, ReadableTable};
 use statefun_core::ports::Clock;
 use statefun_core::{Envelope, MessageId, TypedValue};
 use tracing::error;
@@ -29,6 +37,8 @@ const MAX_QUEUED: i64 = 200_000;
 
 pub(crate) enum Accept {
     Request(IngressRequest),
+    /// Rows the engine settled in a commit of its own.
+    Settled(Vec<u64>),
     Shutdown,
 }
 
@@ -43,11 +53,16 @@ fn message_digest(value: &TypedValue) -> [u8; 32] {
 }
 
 pub(crate) struct Acceptor {
-    pub(crate) db: Arc<Database>,
+    /// `accepted.redb`: this thread is its only writer.
+    pub(crate) db: Database,
     pub(crate) seqs: Arc<AtomicU64>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) engine: Sender<Command>,
     pub(crate) metrics: Arc<Metrics>,
+    /// How long a settled row's removal may stay in memory only.
+    pub(crate) flush_within: Duration,
+    /// How long an idempotency key is remembered.
+    pub(crate) key_retention: Duration,
 }
 
 type Replies = Vec<(
@@ -56,44 +71,98 @@ type Replies = Vec<(
 )>;
 
 impl Acceptor {
-    /// Accepts until shut down (or every handle is gone).
-    pub(crate) fn run(self, rx: Receiver<Accept>) {
+    /// Accepts until shut down (or every handle is gone). `settled` are rows to remove
+    /// at once (found stale at start-up).
+    pub(crate) fn run(self, rx: Receiver<Accept>, mut settled: Vec<u64>) {
+        if let Err(e) = self.prune_keys() {
+            error!(reason = %e, "forgetting expired idempotency keys failed");
+        }
+        // Requests received and not yet accepted (held back while the engine is full).
+        let mut waiting: Vec<IngressRequest> = Vec::new();
+        // Since when a commit's removals are in memory only.
+        let mut unflushed: Option<Instant> = None;
         let mut open = true;
         while open {
-            while self.metrics.inbox_depth.get() > MAX_QUEUED {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            let mut group = Vec::new();
-            match rx.recv() {
-                Ok(Accept::Request(r)) => group.push(r),
-                Ok(Accept::Shutdown) | Err(_) => break,
-            }
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(Accept::Request(r)) => group.push(r),
-                    Ok(Accept::Shutdown) => {
-                        open = false;
-                        break;
-                    }
-                    Err(_) => break,
+            let full = self.metrics.inbox_depth.get() > MAX_QUEUED;
+            let wait = if full && !waiting.is_empty() {
+                Some(Duration::from_millis(1))
+            } else {
+                unflushed.map(|since| self.flush_within.saturating_sub(since.elapsed()))
+            };
+            let first = match wait {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(wait) => rx.recv_timeout(wait),
+            };
+            // Every handle gone counts as a shutdown.
+            let first = match first {
+                Ok(message) => Some(message),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Accept::Shutdown),
+            };
+            for message in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+            {
+                match message {
+                    Accept::Request(r) => waiting.push(r),
+                    Accept::Settled(rows) => settled.extend(rows),
+                    Accept::Shutdown => open = false,
                 }
             }
-            if let Err(e) = self.commit(group) {
+            let group: Vec<IngressRequest> = if full {
+                Vec::new()
+            } else {
+                waiting.drain(..waiting.len().min(MAX_GROUP)).collect()
+            };
+            let overdue = unflushed.is_some_and(|since| since.elapsed() >= self.flush_within);
+            let durable = !group.is_empty() || overdue || (!open && unflushed.is_some());
+            if group.is_empty() && settled.is_empty() && !durable {
+                continue;
+            }
+            let durable = durable || !open;
+            match self.commit(group, std::mem::take(&mut settled), durable) {
+                Ok(()) if durable => unflushed = None,
+                Ok(()) => unflushed = unflushed.or(Some(Instant::now())),
                 // The requests of the group are answered with the error (their senders
                 // see the engine as gone, a 503); nothing of the group was accepted.
-                error!(reason = %e, "accepting messages failed");
+                // Removals that failed come again after a restart, as applied.
+                Err(e) => error!(reason = %e, "accepting messages failed"),
             }
         }
     }
 
-    /// One durable commit for a group of requests, then their answers.
-    fn commit(&self, group: Vec<IngressRequest>) -> Result<(), EmbeddedError> {
-        let now = self.clock.now_ms();
+    /// Forgets idempotency keys older than the retention.
+    fn prune_keys(&self) -> Result<(), EmbeddedError> {
+        let horizon = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.key_retention.as_millis() as u64);
         let txn = self.db.begin_write()?;
+        store::prune_ingress_keys(&txn, horizon)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// One commit for a group of requests (durable when there are any) and the rows
+    /// the engine settled, then the requests' answers.
+    fn commit(
+        &self,
+        group: Vec<IngressRequest>,
+        settled: Vec<u64>,
+        durable: bool,
+    ) -> Result<(), EmbeddedError> {
+        let now = self.clock.now_ms();
+        let mut txn = self.db.begin_write()?;
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
         let mut accepted: Vec<(u64, InboxEntry)> = Vec::new();
         let mut replies: Replies = Vec::new();
         {
             let mut inbox = txn.open_table(INBOX)?;
+            for row in settled {
+                inbox.remove(row)?;
+            }
             let mut keys = txn.open_table(INGRESS_KEYS)?;
             for req in group {
                 let id = |seq| MessageId::Ordered {
@@ -152,7 +221,9 @@ impl Acceptor {
         }
         let started = Instant::now();
         txn.commit()?;
-        self.metrics.commit("accept", started.elapsed());
+        let took = started.elapsed();
+        self.metrics
+            .commit(if durable { "accept" } else { "settle" }, took);
         self.metrics.accepted.inc_by(accepted.len() as u64);
         if !accepted.is_empty() {
             // The engine may have stopped; the messages are in the inbox all the same.

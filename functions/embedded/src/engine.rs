@@ -10,14 +10,17 @@
 //! 4. transaction B, durable: acknowledgements, retries and dead letters, and timers
 //!    that fell due move to the inbox.
 //!
-//! HTTP ingress messages are written to the inbox by the accept thread
-//! ([`crate::accept`]) and reach the engine once committed (`Command::Accepted`).
+//! A round without egress has nothing to send between A and B: it commits them as one.
+//!
+//! HTTP ingress messages are written to the accept thread's file ([`crate::accept`])
+//! and reach the engine once committed (`Command::Accepted`); their rows are settled
+//! in transaction B like the engine's own, and then removed there by that thread.
 //!
 //! A crash between A and B is the "commit landed, sends did not" case: the inputs are
 //! still in the inbox, come again, are recognised as applied and bring their outbox
 //! with them. The AWS dispatcher has the same window and the same remedy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use redb::{
     Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
+    WriteTransaction,
 };
 use statefun_core::batch::RemoteBatch;
 use statefun_core::dedup::DedupKey;
@@ -38,6 +42,7 @@ use statefun_core::{
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+use crate::accept::Accept;
 use crate::metrics::Metrics;
 use crate::store::{
     self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, InboxEntry, META, NEXT_SEQ, STATE, TIMER_TOKENS,
@@ -86,7 +91,6 @@ struct Delta {
     new_inbox: Vec<(u64, InboxEntry)>,
     timers_added: Vec<(u64, String)>,
     timers_removed: Vec<(u64, String)>,
-    egress: Vec<EgressRecord>,
 }
 
 struct Tables<'t> {
@@ -158,7 +162,8 @@ impl Tables<'_> {
                 }
                 self.tokens.remove_all(tk.as_slice())?;
             }
-            OutboxEntry::Egress(record) => delta.egress.push(record.clone()),
+            // Written out by the round once the records' commit is durable.
+            OutboxEntry::Egress(_) => {}
         }
         Ok(())
     }
@@ -218,6 +223,10 @@ pub(crate) struct Engine {
     metrics: Arc<Metrics>,
     /// Each function type's invocation metrics, looked up once.
     invocation_metrics: HashMap<statefun_core::TypeName, (Counter, Histogram)>,
+    /// The pending rows that live in the accept thread's file.
+    accepted: HashSet<u64>,
+    /// Where settled accepted rows go to be removed.
+    acceptor: Sender<Accept>,
 }
 
 /// What the engine starts from: the recovered inbox and timers, the sequence counter it
@@ -226,6 +235,7 @@ pub(crate) struct Start {
     pub(crate) recovered: store::Recovered,
     pub(crate) seqs: Arc<AtomicU64>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) acceptor: Sender<Accept>,
 }
 
 impl Engine {
@@ -242,12 +252,9 @@ impl Engine {
             recovered,
             seqs,
             metrics,
+            acceptor,
         } = start;
         let txn = db.begin_write()?;
-        let horizon = clock
-            .now_ms()
-            .saturating_sub(config.ingress_key_retention.as_millis() as u64);
-        store::prune_ingress_keys(&txn, horizon)?;
         store::prune_dedup(&txn, clock.now_ms())?;
         txn.commit()?;
         info!(
@@ -275,6 +282,8 @@ impl Engine {
             tokio: tokio::runtime::Handle::try_current().ok(),
             metrics,
             invocation_metrics: HashMap::new(),
+            accepted: recovered.accepted.into_iter().collect(),
+            acceptor,
         })
     }
 
@@ -340,6 +349,7 @@ impl Engine {
     fn obey(&mut self, command: Command) -> bool {
         match command {
             Command::Accepted(entries) => {
+                self.accepted.extend(entries.iter().map(|(s, _)| *s));
                 self.pending.extend(entries);
                 self.metrics.inbox_depth.set(self.pending.len() as i64);
             }
@@ -465,37 +475,61 @@ impl Engine {
 
         let seqs = self.seqs.clone();
         let mut delta = Delta::default();
-        if outcomes
+        // Resent egress first, then the new commits' (the order of the outboxes).
+        let egress: Vec<&EgressRecord> = outcomes
             .iter()
-            .any(|o| !o.resend.is_empty() || o.commit.is_some())
-        {
-            self.commit_states(&groups, &outcomes, &seqs, &mut delta)?;
-        }
-        // Egress before the acknowledgements: a crash in between re-emits (same ids)
-        // rather than loses.
-        let commit_egress = outcomes
-            .iter()
-            .filter_map(|o| o.commit.as_ref())
-            .flat_map(|c| c.outbox())
+            .flat_map(|o| o.resend.iter())
+            .chain(
+                outcomes
+                    .iter()
+                    .filter_map(|o| o.commit.as_ref())
+                    .flat_map(|c| c.outbox()),
+            )
             .filter_map(|e| match e {
                 OutboxEntry::Egress(record) => Some(record),
                 _ => None,
-            });
-        for record in std::mem::take(&mut delta.egress)
-            .iter()
-            .chain(commit_egress)
-        {
-            self.egress.emit(record)?;
-        }
-        self.egress.flush()?;
-
+            })
+            .collect();
         let splits: Vec<(Vec<u64>, Option<u64>)> = groups
             .iter()
             .zip(&outcomes)
             .map(|((_, seqs), outcome)| self.split(seqs, outcome))
             .collect();
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        let states = outcomes
+            .iter()
+            .any(|o| !o.resend.is_empty() || o.commit.is_some());
+        if states {
+            self.write_states(&txn, &groups, &outcomes, &seqs, &mut delta)?;
+        }
+        let split = !egress.is_empty();
+        if split {
+            // Transaction A ends here: egress leaves the process only after its commit;
+            // a crash in between re-emits (same ids) rather than loses.
+            let started = Instant::now();
+            txn.commit()?;
+            self.metrics.commit("state", started.elapsed());
+            self.committed_states(&outcomes);
+            if self
+                .config
+                .crash_after_commits
+                .is_some_and(|n| self.commits >= n)
+            {
+                error!(
+                    commits = self.commits,
+                    "fail point: aborting between commit and send"
+                );
+                std::process::abort();
+            }
+            for record in egress {
+                self.egress.emit(record)?;
+            }
+            self.egress.flush()?;
+            txn = self.db.begin_write()?;
+        }
         let mut dead = Vec::new();
+        // Accepted rows this commit settles: removed from the accept thread's file after.
+        let mut settled = Vec::new();
 
         {
             let mut tables = Tables {
@@ -507,7 +541,11 @@ impl Engine {
                 groups.iter().map(|(a, _)| a).zip(&splits).zip(&outcomes)
             {
                 for s in done {
-                    tables.inbox.remove(s)?;
+                    if self.accepted.contains(s) {
+                        settled.push(*s);
+                    } else {
+                        tables.inbox.remove(s)?;
+                    }
                 }
                 if let (Some(failure), Some(culprit)) = (&outcome.failure, *culprit) {
                     // The failure policy decides, on the tries the record counted; the
@@ -520,9 +558,13 @@ impl Engine {
                         policy.verdict(failure.error.kind(), failure.attempts)
                     {
                         warn!(%address, message_id = %entry.envelope.id, attempts = failure.attempts, %reason, "invocation failed; will retry");
+                        // An accepted row moves into the engine's inbox with its count.
                         tables
                             .inbox
                             .insert(culprit, store::encode(&entry).as_slice())?;
+                        if self.accepted.contains(&culprit) {
+                            settled.push(culprit);
+                        }
                         let backoff = after.max(policy.backoff(entry.attempts));
                         self.retry_at
                             .insert(address.clone(), Instant::now() + backoff);
@@ -530,7 +572,11 @@ impl Engine {
                     } else {
                         error!(%address, message_id = %entry.envelope.id, %reason, "dead-lettering message");
                         self.metrics.dead_letter(failure.error.kind());
-                        tables.inbox.remove(culprit)?;
+                        if self.accepted.contains(&culprit) {
+                            settled.push(culprit);
+                        } else {
+                            tables.inbox.remove(culprit)?;
+                        }
                         dead.push((culprit, entry.envelope, reason));
                     }
                 }
@@ -561,7 +607,21 @@ impl Engine {
         }
         let started = Instant::now();
         txn.commit()?;
-        self.metrics.commit("inbox", started.elapsed());
+        if !settled.is_empty() {
+            for s in &settled {
+                self.accepted.remove(s);
+            }
+            // The accept thread may have stopped: the rows come again and are recognised.
+            let _ = self.acceptor.send(Accept::Settled(settled));
+        }
+        if split {
+            self.metrics.commit("inbox", started.elapsed());
+        } else {
+            self.metrics.commit("round", started.elapsed());
+            if states {
+                self.committed_states(&outcomes);
+            }
+        }
         for ((address, seqs), (done, _)) in groups.iter().zip(&splits) {
             let metrics = &self.metrics;
             let (count, sizes) = self
@@ -689,17 +749,17 @@ impl Engine {
         (done, culprit)
     }
 
-    /// Transaction A: re-sends, then the new instance records with their spilled dedup
-    /// entries and outboxes (egress aside: it is written out after this commit), in one
-    /// durable commit. Executing the outbox here puts a cancel in effect with its commit.
-    fn commit_states(
+    /// Transaction A's writes: re-sends, then the new instance records with their
+    /// spilled dedup entries and outboxes (egress aside: it is written out after A
+    /// commits). Executing the outbox here puts a cancel in effect with its commit.
+    fn write_states(
         &mut self,
+        txn: &WriteTransaction,
         groups: &[(Address, Vec<u64>)],
         outcomes: &[AddressOutcome],
         seq: &AtomicU64,
         delta: &mut Delta,
     ) -> Result<(), EmbeddedError> {
-        let txn = self.db.begin_write()?;
         {
             let mut tables = Tables {
                 inbox: txn.open_table(INBOX)?,
@@ -727,18 +787,18 @@ impl Engine {
                         )?;
                     }
                     for entry in commit.outbox() {
-                        if !matches!(entry, OutboxEntry::Egress(_)) {
-                            tables.apply(entry, seq, delta)?;
-                        }
+                        tables.apply(entry, seq, delta)?;
                     }
                 }
             }
             txn.open_table(META)?
                 .insert(NEXT_SEQ, seq.load(Ordering::SeqCst))?;
         }
-        let started = Instant::now();
-        txn.commit()?;
-        self.metrics.commit("state", started.elapsed());
+        Ok(())
+    }
+
+    /// After the commit that holds the new records: they are what the cache holds.
+    fn committed_states(&mut self, outcomes: &[AddressOutcome]) {
         for outcome in outcomes {
             if let Some(commit) = &outcome.commit {
                 debug!(address = %commit.address, version = commit.state.version, "committed");
@@ -747,13 +807,5 @@ impl Engine {
             }
         }
         self.commits += 1;
-        if self.config.crash_after_commits == Some(self.commits) {
-            error!(
-                commits = self.commits,
-                "fail point: aborting between commit and send"
-            );
-            std::process::abort();
-        }
-        Ok(())
     }
 }

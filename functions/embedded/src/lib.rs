@@ -180,7 +180,8 @@ redb_errors!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 /// Settings of the embedded runtime.
@@ -196,8 +197,8 @@ pub struct EmbeddedConfig {
     pub ingress_key_retention: Duration,
     /// Instance records kept in memory before the cache starts over.
     pub cache_capacity: usize,
-    /// Test fail point: abort the process right after this many state commits, before
-    /// their sends.
+    /// Test fail point: abort the process right after the first state commit, from
+    /// this many on, that has egress to send (before it is sent).
     pub crash_after_commits: Option<u64>,
     /// Remote functions and the rest of a module.yaml.
     pub remote: Option<Arc<HttpFunctions>>,
@@ -269,7 +270,7 @@ pub fn replay_at(
     data_dir: &std::path::Path,
     select: impl Fn(&DeadLetter) -> bool,
 ) -> Result<Vec<Envelope>, EmbeddedError> {
-    store::replay(&store::open_existing(data_dir)?, select)
+    store::replay(data_dir, select)
 }
 
 /// A running embedded runtime.
@@ -316,7 +317,8 @@ impl Runtime {
         egress: Box<dyn EgressSink>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, EmbeddedError> {
-        let db = Arc::new(store::open(&config.data_dir)?);
+        let (db, accepted) = store::open(&config.data_dir)?;
+        let db = Arc::new(db);
         let registry = Arc::new(registry);
         let (tx, rx) = mpsc::channel();
         let max_body_bytes = config.max_body_bytes;
@@ -330,8 +332,14 @@ impl Runtime {
             ));
         }
         let metrics = Arc::new(Metrics::default());
-        let recovered = store::recover(&db)?;
+        let mut recovered = store::recover(&db, &accepted)?;
+        let stale = std::mem::take(&mut recovered.stale);
         let seqs = Arc::new(AtomicU64::new(recovered.next_seq));
+        // Settled rows' removal is durable within a quarter of the dedup retention (and
+        // within a second): a crash brings back only messages still recognised.
+        let flush_within = Duration::from_secs(1).min(config.batch.dedup_retention / 4);
+        let key_retention = config.ingress_key_retention;
+        let (accept, accept_rx) = mpsc::channel();
         let engine = Engine::new(
             db.clone(),
             registry.clone(),
@@ -343,19 +351,21 @@ impl Runtime {
                 recovered,
                 seqs: seqs.clone(),
                 metrics: metrics.clone(),
+                acceptor: accept.clone(),
             },
         )?;
-        let (accept, accept_rx) = mpsc::channel();
         let acceptor = Acceptor {
-            db: db.clone(),
+            db: accepted,
             seqs,
             clock: clock.clone(),
             engine: tx.clone(),
             metrics: metrics.clone(),
+            flush_within,
+            key_retention,
         };
         let acceptor = std::thread::Builder::new()
             .name("statefun-accept".into())
-            .spawn(move || acceptor.run(accept_rx))
+            .spawn(move || acceptor.run(accept_rx, stale))
             .map_err(|e| EmbeddedError::Io("spawning the accept thread".into(), e))?;
         let (stopped_tx, stopped) = oneshot::channel();
         let engine = std::thread::Builder::new()
@@ -405,12 +415,14 @@ impl Runtime {
 
     /// Finishes the current round and stops.
     pub fn shutdown(self) -> Result<(), EmbeddedError> {
-        // Accepting stops first: what it committed is in the inbox for the next start.
+        // The engine stops first, so the accept thread's last commit removes the rows
+        // of the engine's last round; what it accepts meanwhile waits in its file for
+        // the next start. If the engine already stopped, joining tells why.
+        let _ = self.handle.tx.send(Command::Shutdown);
+        let engine = self.engine.join();
         let _ = self.handle.accept.send(Accept::Shutdown);
         let _ = self.acceptor.join();
-        // If the engine already stopped, joining tells why.
-        let _ = self.handle.tx.send(Command::Shutdown);
-        self.engine.join().map_err(|_| EmbeddedError::EngineGone)?
+        engine.map_err(|_| EmbeddedError::EngineGone)?
     }
 }
 

@@ -1,12 +1,21 @@
-//! The embedded durable store: one redb file holding instance records, the dedup
-//! entries spilled out of them, the inbox, timers, dead letters and ingress
-//! idempotency keys.
+//! The embedded durable store, two redb files:
+//!
+//! - `statefun.redb`: instance records, the dedup entries spilled out of them, the
+//!   inbox of the engine's own messages (sends between functions, due timers, retries,
+//!   replays), timers and dead letters — written by the engine;
+//! - `accepted.redb`: the HTTP ingress's accepted messages until the engine has settled
+//!   them, and the idempotency keys — written by the accept thread alone, so a 202
+//!   never waits for the engine's write lock ([`crate::accept`]).
+//!
+//! Both hold their rows under one sequence counter, so a row's number is unique across
+//! the two.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{
-    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use statefun_core::dedup::{DedupEntry, DedupKey};
@@ -21,7 +30,7 @@ pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("st
 /// addresses that spilled ([`statefun_core::dedup`]).
 pub(crate) const DEDUP: TableDefinition<DedupRow, (&[u8], u64)> = TableDefinition::new("dedup");
 type DedupRow = (&'static [u8], &'static str);
-/// Accepted, not yet settled messages by sequence number.
+/// Accepted, not yet settled messages by sequence number (in both files).
 pub(crate) const INBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("inbox");
 /// Delayed messages by (due time, message id): re-scheduling the same message is a no-op.
 pub(crate) const TIMERS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("timers");
@@ -36,7 +45,7 @@ pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::ne
 pub(crate) const INGRESS_KEYS: TableDefinition<KeyRow, (u64, u64, &[u8])> =
     TableDefinition::new("idempotency_keys");
 type KeyRow = (&'static [u8], &'static str);
-/// Counters: the next sequence number.
+/// Counters: the next sequence number (in both files).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const NEXT_SEQ: &str = "next_seq";
 
@@ -86,12 +95,17 @@ pub(crate) fn timer_id(id: &MessageId) -> String {
     id.to_string()
 }
 
-/// Opens (or creates) the data file and its tables.
-pub(crate) fn open(data_dir: &Path) -> Result<Database, EmbeddedError> {
+/// The engine's file in a data dir.
+const MAIN_FILE: &str = "statefun.redb";
+/// The accept thread's file in a data dir.
+const ACCEPTED_FILE: &str = "accepted.redb";
+
+/// Opens (or creates) the data dir's two files and their tables: the engine's, then
+/// the accept thread's.
+pub(crate) fn open(data_dir: &Path) -> Result<(Database, Database), EmbeddedError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| EmbeddedError::Io(data_dir.display().to_string(), e))?;
-    let path = data_dir.join("statefun.redb");
-    let db = Database::create(&path)?;
+    let db = Database::create(data_dir.join(MAIN_FILE))?;
     let txn = db.begin_write()?;
     txn.open_table(STATE)?;
     txn.open_table(DEDUP)?;
@@ -99,26 +113,39 @@ pub(crate) fn open(data_dir: &Path) -> Result<Database, EmbeddedError> {
     txn.open_table(TIMERS)?;
     txn.open_multimap_table(TIMER_TOKENS)?;
     txn.open_table(DEAD_LETTERS)?;
+    txn.open_table(META)?;
+    txn.commit()?;
+    let accepted = Database::create(data_dir.join(ACCEPTED_FILE))?;
+    let txn = accepted.begin_write()?;
+    txn.open_table(INBOX)?;
     txn.open_table(INGRESS_KEYS)?;
     txn.open_table(META)?;
     txn.commit()?;
-    Ok(db)
+    Ok((db, accepted))
 }
 
 /// Reads one instance record.
-/// Opens a data dir's store for reading, refusing one a running runtime holds.
+/// Opens a data dir's engine file, refusing one a running runtime holds.
 pub(crate) fn open_existing(data_dir: &Path) -> Result<Database, EmbeddedError> {
-    let path = data_dir.join("statefun.redb");
-    if !path.exists() {
-        return Err(EmbeddedError::Io(
+    open_file(data_dir, MAIN_FILE)?.ok_or_else(|| {
+        EmbeddedError::Io(
             data_dir.display().to_string(),
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "no statefun-lambda data here (statefun.redb)",
             ),
-        ));
+        )
+    })
+}
+
+/// Opens one of a data dir's files if it is there, refusing one a running runtime
+/// holds.
+fn open_file(data_dir: &Path, file: &str) -> Result<Option<Database>, EmbeddedError> {
+    let path = data_dir.join(file);
+    if !path.exists() {
+        return Ok(None);
     }
-    Database::open(&path).map_err(|e| match e {
+    Database::open(&path).map(Some).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => EmbeddedError::Io(
             data_dir.display().to_string(),
             std::io::Error::new(
@@ -148,25 +175,52 @@ pub(crate) fn read_state(
 /// Everything the engine keeps in memory, read back at start-up.
 pub(crate) struct Recovered {
     pub(crate) next_seq: u64,
+    /// Both files' inbox rows, in sequence order.
     pub(crate) inbox: Vec<(u64, InboxEntry)>,
+    /// Which of those rows live in the accept thread's file.
+    pub(crate) accepted: Vec<u64>,
+    /// Rows of the accept thread's file that the engine settled before a crash took
+    /// the acknowledgement (a retry moved the row into the engine's file, or it was
+    /// dead-lettered): the accept thread removes them.
+    pub(crate) stale: Vec<u64>,
     pub(crate) timers: Vec<(u64, String)>,
 }
 
-pub(crate) fn recover(db: &Database) -> Result<Recovered, EmbeddedError> {
-    let txn = db.begin_read()?;
-    let next_seq = txn
+/// The first sequence number above everything a file holds: its counter (written with
+/// every commit) and its last inbox row.
+fn next_seq(txn: &ReadTransaction) -> Result<u64, EmbeddedError> {
+    let counter = txn
         .open_table(META)?
         .get(NEXT_SEQ)?
         .map_or(1, |v| v.value());
-    let mut inbox: Vec<(u64, InboxEntry)> = Vec::new();
+    let last = txn
+        .open_table(INBOX)?
+        .last()?
+        .map_or(0, |(row, _)| row.value() + 1);
+    Ok(counter.max(last))
+}
+
+pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let accepted_txn = accepted.begin_read()?;
+    let mut inbox: BTreeMap<u64, InboxEntry> = BTreeMap::new();
     for row in txn.open_table(INBOX)?.iter()? {
         let (seq, bytes) = row?;
-        inbox.push((seq.value(), decode("inbox entry", bytes.value())?));
+        inbox.insert(seq.value(), decode("inbox entry", bytes.value())?);
     }
-    // Never below a row already written (the counter is written with every commit).
-    let next_seq = inbox
-        .last()
-        .map_or(next_seq, |(last, _)| next_seq.max(last + 1));
+    let letters = txn.open_table(DEAD_LETTERS)?;
+    let (mut rows, mut stale) = (Vec::new(), Vec::new());
+    for row in accepted_txn.open_table(INBOX)?.iter()? {
+        let (seq, bytes) = row?;
+        let seq = seq.value();
+        if inbox.contains_key(&seq) || letters.get(seq)?.is_some() {
+            stale.push(seq);
+        } else {
+            inbox.insert(seq, decode("accepted entry", bytes.value())?);
+            rows.push(seq);
+        }
+    }
+    let next_seq = next_seq(&txn)?.max(next_seq(&accepted_txn)?);
     let mut timers = Vec::new();
     for row in txn.open_table(TIMERS)?.iter()? {
         let (key, _) = row?;
@@ -175,7 +229,9 @@ pub(crate) fn recover(db: &Database) -> Result<Recovered, EmbeddedError> {
     }
     Ok(Recovered {
         next_seq,
-        inbox,
+        inbox: inbox.into_iter().collect(),
+        accepted: rows,
+        stale,
         timers,
     })
 }
@@ -192,20 +248,39 @@ pub(crate) fn dead_letters(db: &Database) -> Result<Vec<(u64, DeadLetter)>, Embe
 }
 
 /// Moves the dead letters `select` picks back into the inbox, each under the id
-/// `replay:<row>` (see docs/DESIGN.md, "Replaying dead letters"), in one commit.
+/// `replay:<row>` (see docs/DESIGN.md, "Replaying dead letters"), in one commit. A
+/// dead letter's row may still be in the accept thread's file (a crash took the
+/// acknowledgement): it goes, so the message comes back once, as the replay.
 pub(crate) fn replay(
-    db: &Database,
+    data_dir: &Path,
     select: impl Fn(&DeadLetter) -> bool,
 ) -> Result<Vec<Envelope>, EmbeddedError> {
-    let picked: Vec<(u64, DeadLetter)> = dead_letters(db)?
+    let db = open_existing(data_dir)?;
+    let accepted = open_file(data_dir, ACCEPTED_FILE)?;
+    let picked: Vec<(u64, DeadLetter)> = dead_letters(&db)?
         .into_iter()
         .filter(|(_, letter)| select(letter))
         .collect();
+    let mut seq = next_seq(&db.begin_read()?)?;
+    if let Some(accepted) = &accepted {
+        seq = seq.max(next_seq(&accepted.begin_read()?)?);
+    }
+    // The accept thread's rows go first: a crash in between leaves the letters to
+    // replay again, never a message twice.
+    if let Some(accepted) = &accepted {
+        let txn = accepted.begin_write()?;
+        {
+            let mut rows = txn.open_table(INBOX)?;
+            for (row, _) in &picked {
+                rows.remove(row)?;
+            }
+        }
+        txn.commit()?;
+    }
     let txn = db.begin_write()?;
     let mut replayed = Vec::new();
     {
         let mut meta = txn.open_table(META)?;
-        let mut seq = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
         let mut inbox = txn.open_table(INBOX)?;
         let mut letters = txn.open_table(DEAD_LETTERS)?;
         for (row, letter) in picked {
@@ -266,4 +341,109 @@ pub(crate) fn prune_ingress_keys(
     txn.open_table(INGRESS_KEYS)?
         .retain(|_, (_, at, _)| at >= horizon_ms)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use statefun_core::{TypeName, TypedValue};
+
+    use super::*;
+
+    fn entry(id: &str, attempts: u32) -> InboxEntry {
+        InboxEntry {
+            envelope: Envelope {
+                id: MessageId::Keyed(id.into()),
+                target: Address::new(TypeName::parse("example/counter").expect("type"), "a"),
+                caller: None,
+                value: TypedValue::of(&1_i64),
+            },
+            attempts,
+        }
+    }
+
+    fn put(db: &Database, table: TableDefinition<u64, &[u8]>, rows: &[(u64, Vec<u8>)]) {
+        let txn = db.begin_write().expect("write");
+        {
+            let mut t = txn.open_table(table).expect("table");
+            for (row, bytes) in rows {
+                t.insert(row, bytes.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn letter(id: &str) -> Vec<u8> {
+        encode(&DeadLetter {
+            envelope: entry(id, 1).envelope,
+            reason: "poison".into(),
+            at_ms: 1,
+        })
+    }
+
+    /// A crash can take the accept thread's removal of rows the engine settled: a row
+    /// the engine moved into its own inbox (a retry) or dead-lettered is not pending
+    /// twice, and the counter resumes above every row.
+    #[test]
+    fn recovery_skips_accepted_rows_the_engine_already_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, accepted) = open(dir.path()).expect("open");
+        put(
+            &accepted,
+            INBOX,
+            &[
+                (5, encode(&entry("retried", 0))),
+                (6, encode(&entry("dead", 0))),
+                (7, encode(&entry("pending", 0))),
+                (12, encode(&entry("settled later", 0))),
+            ],
+        );
+        put(
+            &db,
+            INBOX,
+            &[
+                (5, encode(&entry("retried", 2))),
+                (9, encode(&entry("own", 0))),
+            ],
+        );
+        put(&db, DEAD_LETTERS, &[(6, letter("dead"))]);
+
+        let recovered = recover(&db, &accepted).expect("recover");
+        let rows: Vec<(u64, u32)> = recovered
+            .inbox
+            .iter()
+            .map(|(s, e)| (*s, e.attempts))
+            .collect();
+        assert_eq!(
+            rows,
+            [(5, 2), (7, 0), (9, 0), (12, 0)],
+            "the engine's copy wins"
+        );
+        assert_eq!(recovered.accepted, [7, 12]);
+        assert_eq!(recovered.stale, [5, 6]);
+        assert_eq!(recovered.next_seq, 13);
+    }
+
+    /// Replaying a dead letter whose accepted row a crash left behind removes that row:
+    /// the message comes back once, as the replay.
+    #[test]
+    fn replay_removes_the_dead_letters_accepted_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (db, accepted) = open(dir.path()).expect("open");
+            put(&accepted, INBOX, &[(6, encode(&entry("dead", 0)))]);
+            put(&db, DEAD_LETTERS, &[(6, letter("dead"))]);
+        }
+        let replayed = replay(dir.path(), |_| true).expect("replay");
+        assert_eq!(replayed.len(), 1);
+        let (db, accepted) = open(dir.path()).expect("open");
+        let recovered = recover(&db, &accepted).expect("recover");
+        let ids: Vec<String> = recovered
+            .inbox
+            .iter()
+            .map(|(_, e)| e.envelope.id.to_string())
+            .collect();
+        assert_eq!(ids, ["replay:6"]);
+        assert!(recovered.stale.is_empty() && recovered.accepted.is_empty());
+        assert!(recovered.inbox[0].0 > 6, "a fresh row");
+    }
 }

@@ -126,6 +126,40 @@ fn killed_between_commit_and_send_the_runtime_converges_exactly() {
     assert_eq!(ids.len(), 3, "one greeting per person message: {ids:?}");
 }
 
+#[test]
+fn a_stop_and_start_brings_nothing_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = workload(6);
+    let s = Server::start(dir.path(), &[]);
+    for o in &work {
+        let (status, body) = s
+            .post(&o.path, o.content_type, Some(&o.key), o.body.as_bytes())
+            .expect("post");
+        assert_eq!(status, 202, "{body}");
+    }
+    converge(&s, &expected(&work));
+    // Stopped right after its last round: what that round settled must not come again.
+    let (out1, _) = s.stop();
+    let s = Server::start(dir.path(), &[]);
+    s.settle();
+    assert_eq!(s.status().queued, 0);
+    converge(&s, &expected(&work));
+    let (out2, err2) = s.kill9();
+    let restarted = err2.lock().expect("lines");
+    assert!(
+        !restarted
+            .iter()
+            .any(|l| l.contains("re-sending the outbox")),
+        "a restart after a stop re-sent an outbox: {restarted:?}"
+    );
+    let (records, ids) = greeting_ids(&[out1, out2]);
+    assert_eq!(
+        (records, ids.len()),
+        (3, 3),
+        "one greeting per person message"
+    );
+}
+
 /// A deterministic generator, so failures reproduce.
 struct Lcg(u64);
 impl Lcg {

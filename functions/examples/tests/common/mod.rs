@@ -88,6 +88,19 @@ impl Server {
         (self.stdout.clone(), self.stderr.clone())
     }
 
+    /// Stops it as a service manager would (SIGTERM) and waits for its exit.
+    pub fn stop(mut self) -> (Lines, Lines) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = self.wait_exit(Settling::STALL);
+        assert!(status.success(), "a stop must exit cleanly: {status}");
+        (self.stdout.clone(), self.stderr.clone())
+    }
+
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
