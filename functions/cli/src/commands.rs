@@ -257,6 +257,11 @@ pub(crate) struct RunArgs<A: clap::Args> {
     /// Messages taken per processing round.
     #[arg(long, default_value_t = 4096)]
     max_batch_messages: usize,
+    /// How long the engine's commits may stay in memory before one is made durable
+    /// (fsync), in ms. Accepted messages are durable before their 202 regardless; a
+    /// crash redoes at most this much processing from them. 0: every round is durable.
+    #[arg(long, default_value_t = 10)]
+    durable_interval_ms: u64,
     /// A module.yaml: remote function endpoints (StateFun's io.statefun.endpoints.v2/http),
     /// which function types the HTTP ingress exposes, egress declarations.
     #[arg(long)]
@@ -322,6 +327,7 @@ async fn run<A: clap::Args + FromArgMatches + 'static>(
     let mut config = EmbeddedConfig::new(&args.data_dir);
     config.max_body_bytes = args.max_body_bytes;
     config.max_batch_messages = args.max_batch_messages.max(1);
+    config.durable_interval = std::time::Duration::from_millis(args.durable_interval_ms);
     config.crash_after_commits = args.crash_after_commits;
     if let Some(budget) = args.dedup_budget_bytes {
         config.batch.dedup_budget_bytes = budget;

@@ -91,7 +91,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    println!("embedded durable runtime, example/counter, fsync per round, by concurrent clients");
+    println!(
+        "embedded durable runtime, example/counter, durable every 10 ms, by concurrent clients"
+    );
     println!(
         "{:>10}  {:>8}  {:>10}  {:>14}  {:>22}  {:>9}  {:>9}",
         "addresses",

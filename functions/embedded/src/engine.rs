@@ -10,7 +10,10 @@
 //! 4. transaction B, durable: acknowledgements, retries and dead letters, and timers
 //!    that fell due move to the inbox.
 //!
-//! A round without egress has nothing to send between A and B: it commits them as one.
+//! A round without egress has nothing to send between A and B: it commits them as one,
+//! in memory only unless `durable_interval` has passed since the last durable commit.
+//! Every input is durable already, so a crash redoes such rounds; settled accepted rows
+//! are handed back only once durable, egress leaves only after a durable commit.
 //!
 //! HTTP ingress messages are written to the accept thread's file ([`crate::accept`])
 //! and reach the engine once committed (`Command::Accepted`); their rows are settled
@@ -27,8 +30,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
-    WriteTransaction,
+    Database, Durability, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable,
+    Table, WriteTransaction,
 };
 use statefun_core::batch::RemoteBatch;
 use statefun_core::dedup::DedupKey;
@@ -227,6 +230,10 @@ pub(crate) struct Engine {
     accepted: HashSet<u64>,
     /// Where settled accepted rows go to be removed.
     acceptor: Sender<Accept>,
+    /// Since when commits are in memory only (none: all durable).
+    undurable_since: Option<Instant>,
+    /// Accepted rows settled by those commits: handed over once they are durable.
+    awaiting_durable: Vec<u64>,
 }
 
 /// What the engine starts from: the recovered inbox and timers, the sequence counter it
@@ -284,6 +291,8 @@ impl Engine {
             invocation_metrics: HashMap::new(),
             accepted: recovered.accepted.into_iter().collect(),
             acceptor,
+            undurable_since: None,
+            awaiting_durable: Vec::new(),
         })
     }
 
@@ -309,7 +318,14 @@ impl Engine {
             .filter(|t| **t > instant)
             .map(|t| t.duration_since(instant).as_millis() as u64)
             .min();
-        let wait = [next_timer, next_retry].into_iter().flatten().min();
+        let next_durable = self.undurable_since.map(|since| {
+            let interval = self.config.durable_interval;
+            interval.saturating_sub(since.elapsed()).as_millis() as u64
+        });
+        let wait = [next_timer, next_retry, next_durable]
+            .into_iter()
+            .flatten()
+            .min();
         Duration::from_millis(wait.map_or(1_000, |ms| ms.clamp(1, 1_000)))
     }
 
@@ -341,7 +357,40 @@ impl Engine {
             }
             self.round()?;
         }
+        self.make_durable()?;
         info!("engine stopped");
+        Ok(())
+    }
+
+    /// Whether this round's commit is durable: at least every `durable_interval` (see
+    /// docs/DESIGN.md, "The embedded runtime").
+    fn durable_due(&self) -> bool {
+        let interval = self.config.durable_interval;
+        interval.is_zero()
+            || self
+                .undurable_since
+                .is_some_and(|since| since.elapsed() >= interval)
+    }
+
+    /// After a durable commit: the accepted rows settled so far go to the accept thread.
+    fn durable(&mut self) {
+        self.undurable_since = None;
+        if !self.awaiting_durable.is_empty() {
+            // The accept thread may have stopped: the rows come again and are recognised.
+            let rows = std::mem::take(&mut self.awaiting_durable);
+            let _ = self.acceptor.send(Accept::Settled(rows));
+        }
+    }
+
+    /// Makes every commit so far durable (an empty durable commit).
+    fn make_durable(&mut self) -> Result<(), EmbeddedError> {
+        if self.undurable_since.is_some() {
+            let txn = self.db.begin_write()?;
+            txn.open_table(META)?
+                .insert(NEXT_SEQ, self.seqs.load(Ordering::SeqCst))?;
+            txn.commit()?;
+            self.durable();
+        }
         Ok(())
     }
 
@@ -509,6 +558,7 @@ impl Engine {
             let started = Instant::now();
             txn.commit()?;
             self.metrics.commit("state", started.elapsed());
+            self.durable();
             self.committed_states(&outcomes);
             if self
                 .config
@@ -605,14 +655,22 @@ impl Engine {
             store::prune_dedup(&txn, now)?;
             self.next_dedup_prune_ms = now + self.config.batch.retention_ms() / 16;
         }
+        // Transaction B after egress is durable: a lost acknowledgement would send the
+        // egress again. A round without egress is durable every `durable_interval`.
+        let durable = split || self.durable_due();
+        if !durable {
+            txn.set_durability(Durability::None)?;
+        }
         let started = Instant::now();
         txn.commit()?;
-        if !settled.is_empty() {
-            for s in &settled {
-                self.accepted.remove(s);
-            }
-            // The accept thread may have stopped: the rows come again and are recognised.
-            let _ = self.acceptor.send(Accept::Settled(settled));
+        for s in &settled {
+            self.accepted.remove(s);
+        }
+        self.awaiting_durable.extend(settled);
+        if durable {
+            self.durable();
+        } else {
+            self.undurable_since.get_or_insert_with(Instant::now);
         }
         if split {
             self.metrics.commit("inbox", started.elapsed());

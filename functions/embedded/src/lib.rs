@@ -197,6 +197,10 @@ pub struct EmbeddedConfig {
     pub ingress_key_retention: Duration,
     /// Instance records kept in memory before the cache starts over.
     pub cache_capacity: usize,
+    /// How long the engine's commits may stay in memory only: at least this often one
+    /// is durable (and before any egress leaves, and at shutdown). A crash redoes at
+    /// most this much processing, from inputs that are all durable. Zero: every round.
+    pub durable_interval: Duration,
     /// Test fail point: abort the process right after the first state commit, from
     /// this many on, that has egress to send (before it is sent).
     pub crash_after_commits: Option<u64>,
@@ -214,6 +218,7 @@ impl EmbeddedConfig {
             max_body_bytes: batch.limits.max_message_bytes,
             ingress_key_retention: Duration::from_secs(24 * 3600),
             cache_capacity: 1_000_000,
+            durable_interval: Duration::from_millis(10),
             crash_after_commits: None,
             remote: None,
         }

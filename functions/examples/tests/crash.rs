@@ -126,6 +126,29 @@ fn killed_between_commit_and_send_the_runtime_converges_exactly() {
     assert_eq!(ids.len(), 3, "one greeting per person message: {ids:?}");
 }
 
+/// Killed right after its state was visible, likely inside the interval where the
+/// engine's commits are in memory only: the restarted runtime redoes that work from the
+/// accepted messages, once.
+#[test]
+fn killed_while_commits_are_in_memory_the_restart_redoes_them_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work: Vec<Outgoing> = workload(40)
+        .into_iter()
+        .filter(|o| o.path.contains("counter"))
+        .collect();
+    let s = Server::start(dir.path(), &["--durable-interval-ms", "1000"]);
+    for o in &work {
+        let (status, body) = s
+            .post(&o.path, o.content_type, Some(&o.key), o.body.as_bytes())
+            .expect("post");
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(s.settles(|| expected(&work).iter().all(|(p, n)| count_at(&s, p) == *n)));
+    s.kill9();
+    let s = Server::start(dir.path(), &[]);
+    converge(&s, &expected(&work));
+}
+
 #[test]
 fn a_stop_and_start_brings_nothing_again() {
     let dir = tempfile::tempdir().expect("tempdir");

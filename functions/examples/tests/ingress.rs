@@ -325,7 +325,7 @@ fn state_reads_a_data_dir_no_runtime_holds_and_points_at_the_running_one() {
         "{}",
         String::from_utf8_lossy(&busy.stderr)
     );
-    drop(s);
+    s.stop();
     let out = state(dir.path());
     assert!(
         out.status.success(),
