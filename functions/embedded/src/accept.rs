@@ -84,7 +84,9 @@ impl Acceptor {
         let mut open = true;
         while open {
             let full = self.metrics.inbox_depth.get() > MAX_QUEUED;
-            let wait = if full && !waiting.is_empty() {
+            let wait = if !settled.is_empty() {
+                Some(Duration::ZERO)
+            } else if full && !waiting.is_empty() {
                 Some(Duration::from_millis(1))
             } else {
                 unflushed.map(|since| self.flush_within.saturating_sub(since.elapsed()))
@@ -114,12 +116,13 @@ impl Acceptor {
             } else {
                 waiting.drain(..waiting.len().min(MAX_GROUP)).collect()
             };
-            let overdue = unflushed.is_some_and(|since| since.elapsed() >= self.flush_within);
-            let durable = !group.is_empty() || overdue || (!open && unflushed.is_some());
-            if group.is_empty() && settled.is_empty() && !durable {
+            let flush = unflushed.is_some_and(|since| since.elapsed() >= self.flush_within)
+                || (!open && unflushed.is_some());
+            if group.is_empty() && settled.is_empty() && !flush {
                 continue;
             }
-            let durable = durable || !open;
+            // Accepts are durable before their 202; removals when due, and at shutdown.
+            let durable = !group.is_empty() || flush || !open;
             match self.commit(group, std::mem::take(&mut settled), durable) {
                 Ok(()) if durable => unflushed = None,
                 Ok(()) => unflushed = unflushed.or(Some(Instant::now())),

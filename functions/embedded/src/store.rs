@@ -423,6 +423,34 @@ mod tests {
         assert_eq!(recovered.next_seq, 13);
     }
 
+    /// The accept thread removes the stale rows recovery found, as it starts.
+    #[test]
+    fn a_start_removes_the_stale_accepted_rows() {
+        struct Discard;
+        impl crate::EgressSink for Discard {
+            fn emit(&mut self, _: &statefun_core::EgressRecord) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (db, accepted) = open(dir.path()).expect("open");
+            put(&accepted, INBOX, &[(6, encode(&entry("dead", 0)))]);
+            put(&db, DEAD_LETTERS, &[(6, letter("dead"))]);
+        }
+        let registry = statefun_examples::registry(Default::default()).expect("registry");
+        let config = crate::EmbeddedConfig::new(dir.path());
+        let runtime = crate::Runtime::start(registry, config, Box::new(Discard)).expect("start");
+        runtime.shutdown().expect("shutdown");
+        let (db, accepted) = open(dir.path()).expect("open");
+        let recovered = recover(&db, &accepted).expect("recover");
+        assert!(recovered.stale.is_empty(), "{:?}", recovered.stale);
+        assert!(recovered.inbox.is_empty());
+    }
+
     /// Replaying a dead letter whose accepted row a crash left behind removes that row:
     /// the message comes back once, as the replay.
     #[test]
