@@ -155,6 +155,7 @@ impl Acceptor {
         durable: bool,
     ) -> Result<(), EmbeddedError> {
         let now = self.clock.now_ms();
+        let label = if group.is_empty() { "settle" } else { "accept" };
         let mut txn = self.db.begin_write()?;
         if !durable {
             txn.set_durability(Durability::None)?;
@@ -224,9 +225,7 @@ impl Acceptor {
         }
         let started = Instant::now();
         txn.commit()?;
-        let took = started.elapsed();
-        self.metrics
-            .commit(if durable { "accept" } else { "settle" }, took);
+        self.metrics.commit(label, started.elapsed());
         self.metrics.accepted.inc_by(accepted.len() as u64);
         if !accepted.is_empty() {
             // The engine may have stopped; the messages are in the inbox all the same.

@@ -398,7 +398,7 @@ fn an_embedded_data_dirs_dead_letters_are_listed_and_replayed() {
         .expect("post");
     assert_eq!(status, 202);
     s.settle();
-    drop(s);
+    s.stop();
     let cli = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
             .args(args)
@@ -432,7 +432,7 @@ fn an_embedded_data_dirs_dead_letters_are_listed_and_replayed() {
     // The next start runs it: refused again, dead-lettered under the replay id.
     let s = Server::start(dir.path(), &[]);
     s.settle();
-    drop(s);
+    s.stop();
     let again = cli(&["dlq", "list"]);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0]["message_id"], fresh.as_str());
