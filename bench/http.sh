@@ -3,6 +3,7 @@
 # over 1,000 addresses and on one hot address. Prints messages/s accepted (202, on disk)
 # and accepted+applied (until every accepted message is in the counters' state).
 # Needs wrk (Debian: apt-get install wrk). Usage: bench/http.sh [seconds] [connections]
+# STATEFUN_FLAGS adds flags to `run` (e.g. STATEFUN_FLAGS='--engine-nice 0').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -30,7 +31,7 @@ PY
 run() { # addresses
   local addresses=$1 data
   data=$(mktemp -d)
-  RUST_LOG=warn "$bin" run --port $port --data-dir "$data" >/dev/null 2>"$data.log" &
+  RUST_LOG=warn "$bin" run --port $port --data-dir "$data" ${STATEFUN_FLAGS:-} >/dev/null 2>"$data.log" &
   local pid=$!
   until curl -sf "http://127.0.0.1:$port/healthz" >/dev/null; do sleep 0.05; done
   local start end accepted wrk_out

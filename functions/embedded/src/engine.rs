@@ -245,6 +245,22 @@ pub(crate) struct Start {
     pub(crate) acceptor: Sender<Accept>,
 }
 
+/// Lowers the calling thread's CPU priority by `steps` nice values (see
+/// `EmbeddedConfig::engine_nice`). Linux keeps a nice value per thread; elsewhere the
+/// priority stays as it is.
+pub(crate) fn lower_priority(steps: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if steps != 0 {
+        use rustix::{process, thread};
+        let tid = Some(thread::gettid());
+        let nice = process::getpriority_process(tid)?;
+        process::setpriority_process(tid, nice.saturating_add(steps).clamp(-20, 19))?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = steps;
+    Ok(())
+}
+
 impl Engine {
     pub(crate) fn new(
         db: Arc<Database>,

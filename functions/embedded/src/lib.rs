@@ -28,6 +28,7 @@ use statefun_core::{
 };
 pub use statefun_remote::HttpFunctions;
 use tokio::sync::oneshot;
+use tracing::warn;
 
 mod accept;
 mod engine;
@@ -201,6 +202,12 @@ pub struct EmbeddedConfig {
     /// is durable (and before any egress leaves, and at shutdown). A crash redoes at
     /// most this much processing, from inputs that are all durable. Zero: every round.
     pub durable_interval: Duration,
+    /// How many nice steps below the accept path the engine thread runs (Linux, where
+    /// a thread has its own nice value; elsewhere ignored). The engine's work can wait
+    /// a moment and gets cheaper per message when it does (bigger rounds); a 202 can
+    /// not. On a busy CPU the threads that answer requests go first. Zero: the same
+    /// priority.
+    pub engine_nice: i32,
     /// Test fail point: abort the process right after the first state commit, from
     /// this many on, that has egress to send (before it is sent).
     pub crash_after_commits: Option<u64>,
@@ -219,6 +226,7 @@ impl EmbeddedConfig {
             ingress_key_retention: Duration::from_secs(24 * 3600),
             cache_capacity: 1_000_000,
             durable_interval: Duration::from_millis(10),
+            engine_nice: 10,
             crash_after_commits: None,
             remote: None,
         }
@@ -344,6 +352,7 @@ impl Runtime {
         // within a second): a crash brings back only messages still recognised.
         let flush_within = Duration::from_secs(1).min(config.batch.dedup_retention / 4);
         let key_retention = config.ingress_key_retention;
+        let engine_nice = config.engine_nice;
         let (accept, accept_rx) = mpsc::channel();
         let engine = Engine::new(
             db.clone(),
@@ -376,6 +385,9 @@ impl Runtime {
         let engine = std::thread::Builder::new()
             .name("statefun-engine".into())
             .spawn(move || {
+                if let Err(e) = engine::lower_priority(engine_nice) {
+                    warn!(reason = %e, "the engine runs at the accept path's priority");
+                }
                 let result = engine.run();
                 // Nobody may be waiting for the stop; the result is in the join handle.
                 let _ = stopped_tx.send(());

@@ -437,3 +437,50 @@ fn an_embedded_data_dirs_dead_letters_are_listed_and_replayed() {
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0]["message_id"], fresh.as_str());
 }
+
+/// The nice value of each of a process's threads, by thread name (Linux's /proc).
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the name in parentheses: state is field 3, nice field 19.
+            let nice = stat.rsplit_once(')')?.1.split_whitespace().nth(16)?;
+            Some((name.trim().to_owned(), nice.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_engine_thread_runs_below_the_threads_answering_requests() {
+    for (flags, steps) in [(&[][..], 10), (&["--engine-nice", "0"][..], 0)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Server::start(dir.path(), flags);
+        let threads = thread_nice(s.child.id());
+        let nice_of = |name: &str| {
+            threads
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, nice)| *nice)
+                .unwrap_or_else(|| panic!("no {name} thread in {threads:?}"))
+        };
+        let base = nice_of("statefun-accept");
+        assert_eq!(
+            nice_of("statefun-engine"),
+            (base + steps).min(19),
+            "{flags:?}: {threads:?}"
+        );
+        assert!(
+            threads
+                .iter()
+                .filter(|(n, _)| n == "tokio-rt-worker")
+                .all(|(_, nice)| *nice == base),
+            "the HTTP workers keep the process's priority: {threads:?}"
+        );
+        s.stop();
+    }
+}
