@@ -4,14 +4,17 @@
 //! SQS cannot peek: a dead letter is received to be shown, hidden from other consumers
 //! meanwhile, and made visible again ([`release`]) once the listing is done. On a FIFO
 //! DLQ, a source group shows its first 10 letters per listing (a group's later messages
-//! stay behind its received ones). A tailed egress message stays hidden for a while
-//! (30 s by default, as the AWS console's "poll for messages" does) unless deleted.
+//! stay behind its received ones; [`depth`] says how many were not reached). A replay
+//! works a receive at a time, so deleting a group's replayed letters lets its next ones
+//! through, and no letter stays hidden longer than one pass. A tailed egress message
+//! stays hidden for a while (30 s by default, as the AWS console's "poll for messages"
+//! does) unless deleted.
 
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use serde_json::{Value as Json, json};
 use statefun_core::{Address, Envelope, MessageId};
@@ -31,6 +34,27 @@ fn failed(call: &'static str) -> impl FnOnce(String) -> LocalError {
 
 fn sdk<E: std::error::Error>(e: E) -> String {
     aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
+}
+
+/// Which DLQ: the inbox's (what the handlers dead-lettered, with their reason, and what
+/// SQS redrove from the inbox), or the delay queue's (delayed messages SQS redrove after
+/// too many failed forwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dlq {
+    Inbox,
+    Delay,
+}
+
+impl Dlq {
+    /// The message a letter's body holds, if it is one.
+    fn envelope(self, body: &str) -> Option<Envelope> {
+        match self {
+            Dlq::Inbox => statefun_aws::envelope::decode(body).ok(),
+            Dlq::Delay => statefun_aws::envelope::decode_timer(body)
+                .ok()
+                .map(|t| t.envelope),
+        }
+    }
 }
 
 /// Which dead letters an operation applies to: all, or those of one address and/or
@@ -57,6 +81,7 @@ pub struct Letter {
     /// The DLQ message's id: unique per dead-lettering.
     pub dlq_id: String,
     receipt: String,
+    body: String,
     /// The message, if the body is an envelope (poison may not be).
     pub envelope: Option<Envelope>,
     pub reason: String,
@@ -64,10 +89,13 @@ pub struct Letter {
     pub source_group: String,
     /// When it reached the DLQ (ms since the epoch).
     pub dead_lettered_at_ms: u64,
+    /// When its message first failed (ms since the epoch): the failing record's first
+    /// receive. Unknown for what SQS redrove.
+    pub first_failure_ms: Option<u64>,
 }
 
 impl Letter {
-    fn from_message(m: &Message) -> Letter {
+    fn from_message(m: &Message, dlq: Dlq) -> Letter {
         let attribute = |name: &str| {
             m.message_attributes()
                 .and_then(|a| a.get(name))
@@ -77,7 +105,8 @@ impl Letter {
         Letter {
             dlq_id: m.message_id().unwrap_or_default().to_string(),
             receipt: m.receipt_handle().unwrap_or_default().to_string(),
-            envelope: statefun_aws::envelope::decode(m.body().unwrap_or_default()).ok(),
+            body: m.body().unwrap_or_default().to_string(),
+            envelope: dlq.envelope(m.body().unwrap_or_default()),
             // Redriven by SQS after too many receives: no attributes of ours.
             reason: attribute("Reason")
                 .unwrap_or_else(|| "redriven by SQS after too many receives".into()),
@@ -88,6 +117,7 @@ impl Letter {
                 .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(0),
+            first_failure_ms: attribute("FirstFailure").and_then(|t| t.parse().ok()),
         }
     }
 
@@ -99,48 +129,75 @@ impl Letter {
             "reason": self.reason,
             "handler": self.handler,
             "source_group": self.source_group,
+            "first_failure_ms": self.first_failure_ms,
             "dead_lettered_at_ms": self.dead_lettered_at_ms,
             "dlq_id": self.dlq_id,
         })
     }
 }
 
+/// One receive: up to 10 letters, each hidden for [`SHOWN_FOR`] or until [`release`]d.
+async fn receive_once(clients: &Clients, url: &str, dlq: Dlq) -> Result<Vec<Letter>, LocalError> {
+    let got = clients
+        .sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(SHOWN_FOR.as_secs() as i32)
+        .wait_time_seconds(1)
+        .message_attribute_names("All")
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send()
+        .await
+        .map_err(|e| failed("ReceiveMessage")(sdk(e)))?;
+    Ok(got
+        .messages()
+        .iter()
+        .map(|m| Letter::from_message(m, dlq))
+        .collect())
+}
+
 /// Receives every letter the DLQ shows now, each hidden for [`SHOWN_FOR`] or until
 /// [`release`]d; `progress` hears the running count.
 pub async fn receive(
     clients: &Clients,
-    dlq_url: &str,
+    url: &str,
+    dlq: Dlq,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Letter>, LocalError> {
     let mut letters: Vec<Letter> = Vec::new();
     loop {
-        let got = clients
-            .sqs
-            .receive_message()
-            .queue_url(dlq_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(SHOWN_FOR.as_secs() as i32)
-            .wait_time_seconds(1)
-            .message_attribute_names("All")
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .send()
-            .await
-            .map_err(|e| failed("ReceiveMessage")(sdk(e)))?;
-        let messages = got.messages();
-        if messages.is_empty() {
+        let got = receive_once(clients, url, dlq).await?;
+        if got.is_empty() {
             return Ok(letters);
         }
-        for m in messages {
+        for letter in got {
             // A standard DLQ may deliver a message twice.
-            if !letters
-                .iter()
-                .any(|l| Some(l.dlq_id.as_str()) == m.message_id())
-            {
-                letters.push(Letter::from_message(m));
+            if !letters.iter().any(|l| l.dlq_id == letter.dlq_id) {
+                letters.push(letter);
             }
         }
         progress(letters.len());
     }
+}
+
+/// How many letters the DLQ holds (visible and hidden; SQS's approximate counts).
+pub async fn depth(clients: &Clients, url: &str) -> Result<u64, LocalError> {
+    let got = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .map_err(|e| failed("GetQueueAttributes")(sdk(e)))?;
+    Ok(got
+        .attributes()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum())
 }
 
 /// Makes received letters visible again at once.
@@ -172,46 +229,155 @@ pub async fn release(
     Ok(())
 }
 
-/// Puts the selected letters back into the inbox, each under a fresh id
-/// `replay:<dlq id>` (docs/DESIGN.md, "Replaying dead letters"), and deletes them from
-/// the DLQ. Letters whose body is not an envelope cannot be replayed: they are skipped.
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// The messages put back, as sent.
+    pub messages: Vec<Envelope>,
+    /// Letters seen and left on the DLQ: not selected, or not a message.
+    pub left: Vec<Letter>,
+}
+
+/// Puts the selected letters back and deletes them from the DLQ, a receive (10 letters)
+/// at a time: three requests per 10 letters, and on a FIFO DLQ each group's later
+/// letters come through once its earlier ones are deleted. Letters of the inbox's DLQ go
+/// to the inbox under a fresh id `replay:<dlq id>` (docs/DESIGN.md, "Replaying dead
+/// letters"); the delay queue's go back to the delay queue unchanged, to be forwarded
+/// when due unless cancelled. Letters not selected are made visible again at the end,
+/// and so is a letter of a message this run sent back (it failed again while the run
+/// went on: replaying it again would chase it forever).
 pub async fn replay(
     clients: &Clients,
     config: &AwsConfig,
-    letters: &[Letter],
+    dlq: (Dlq, &str),
+    selection: &Selection,
     mut progress: impl FnMut(usize),
+) -> Result<Replayed, LocalError> {
+    let (kind, url) = dlq;
+    let mut done = Replayed::default();
+    loop {
+        let mut picked = Vec::new();
+        let mut new = false;
+        for letter in receive_once(clients, url, kind).await? {
+            match done.left.iter_mut().find(|l| l.dlq_id == letter.dlq_id) {
+                // Left earlier and visible again (a run longer than SHOWN_FOR).
+                Some(seen) => seen.receipt = letter.receipt,
+                None => {
+                    new = true;
+                    let target = letter.envelope.as_ref().map(|e| &e.target);
+                    let again = letter.envelope.as_ref().is_some_and(|e| {
+                        done.messages
+                            .iter()
+                            .any(|m| m.id == e.id && m.target == e.target)
+                    });
+                    if target.is_some() && !again && selection.picks(target, &letter.reason) {
+                        picked.push(letter);
+                    } else {
+                        done.left.push(letter);
+                    }
+                }
+            }
+        }
+        if !new {
+            break;
+        }
+        if picked.is_empty() {
+            continue;
+        }
+        let sent = send_back(clients, config, kind, &picked).await?;
+        delete(clients, url, &picked).await?;
+        done.messages.extend(sent);
+        progress(done.messages.len());
+    }
+    release(clients, url, &done.left).await?;
+    Ok(done)
+}
+
+/// Sends letters (all with a message) back in one batch; the messages as sent.
+async fn send_back(
+    clients: &Clients,
+    config: &AwsConfig,
+    dlq: Dlq,
+    letters: &[Letter],
 ) -> Result<Vec<Envelope>, LocalError> {
-    let mut replayed = Vec::new();
-    for letter in letters {
+    let build = |e: aws_sdk_sqs::error::BuildError| failed("SendMessageBatch")(e.to_string());
+    let mut sent = Vec::new();
+    let mut entries = Vec::new();
+    for (i, letter) in letters.iter().enumerate() {
         let Some(original) = &letter.envelope else {
             continue;
         };
-        let envelope = Envelope {
-            id: MessageId::Keyed(format!("replay:{}", letter.dlq_id)),
-            ..original.clone()
+        let entry = SendMessageBatchRequestEntry::builder().id(i.to_string());
+        let entry = match dlq {
+            Dlq::Inbox => {
+                let envelope = Envelope {
+                    id: MessageId::Keyed(format!("replay:{}", letter.dlq_id)),
+                    ..original.clone()
+                };
+                let entry = entry
+                    .message_body(statefun_aws::envelope::encode(&envelope))
+                    .message_group_id(group_id(&envelope.target))
+                    .message_deduplication_id(message_dedup_id(&envelope.id));
+                sent.push(envelope);
+                entry
+            }
+            Dlq::Delay => {
+                sent.push(original.clone());
+                entry.message_body(&letter.body)
+            }
         };
-        clients
-            .sqs
-            .send_message()
-            .queue_url(&config.inbox_url)
-            .message_body(statefun_aws::envelope::encode(&envelope))
-            .message_group_id(group_id(&envelope.target))
-            .message_deduplication_id(message_dedup_id(&envelope.id))
-            .send()
-            .await
-            .map_err(|e| failed("SendMessage")(sdk(e)))?;
-        clients
-            .sqs
-            .delete_message()
-            .queue_url(&config.dlq_url)
-            .receipt_handle(&letter.receipt)
-            .send()
-            .await
-            .map_err(|e| failed("DeleteMessage")(sdk(e)))?;
-        replayed.push(envelope);
-        progress(replayed.len());
+        entries.push(entry.build().map_err(build)?);
     }
-    Ok(replayed)
+    let queue = match dlq {
+        Dlq::Inbox => &config.inbox_url,
+        Dlq::Delay => &config.delay_url,
+    };
+    let out = clients
+        .sqs
+        .send_message_batch()
+        .queue_url(queue)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| failed("SendMessageBatch")(sdk(e)))?;
+    if let Some(refused) = out.failed().first() {
+        // Nothing is deleted: a rerun sends the letters again, and the replay ids (or
+        // the timers' own) make them land once.
+        return Err(failed("SendMessageBatch")(format!(
+            "entry {} refused: {} {}",
+            refused.id(),
+            refused.code(),
+            refused.message().unwrap_or_default()
+        )));
+    }
+    Ok(sent)
+}
+
+/// Deletes letters from the DLQ in one batch.
+async fn delete(clients: &Clients, url: &str, letters: &[Letter]) -> Result<(), LocalError> {
+    let mut batch = clients.sqs.delete_message_batch().queue_url(url);
+    for (i, letter) in letters.iter().enumerate() {
+        batch = batch.entries(
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&letter.receipt)
+                .build()
+                .map_err(|e| failed("DeleteMessageBatch")(e.to_string()))?,
+        );
+    }
+    let out = batch
+        .send()
+        .await
+        .map_err(|e| failed("DeleteMessageBatch")(sdk(e)))?;
+    match out.failed().first() {
+        // Sent and not deleted: a rerun sends it again, and it lands once.
+        Some(refused) => Err(failed("DeleteMessageBatch")(format!(
+            "entry {} refused: {}",
+            refused.id(),
+            refused.code()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// One poll of an egress queue: the messages received (hidden for `hide`, or deleted

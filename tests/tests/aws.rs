@@ -582,6 +582,10 @@ async fn timers_sharing_a_token_and_a_timer_delivered_twice_in_one_batch_go_thro
     }
     let forwarded = aws.poll_delay().await;
     assert_eq!(forwarded, 4, "one forwarder batch with all four records");
+    // The copy was due at 0: a delayed message's lag counts from its due time (not from
+    // its enqueue, which would include the delay it asked for).
+    let lag = aws.handlers.forwarder.totals().max_lag_ms;
+    assert!(lag > 365 * 24 * 3600 * 1000, "MaxLag {lag} ms");
     aws.drain(Duration::from_millis(300)).await;
     assert_eq!(
         count(&aws, &counter, "count").await,
@@ -634,6 +638,8 @@ async fn sqs_ingress_routes_by_pointer_attribute_and_envelope(dynamo: Dynamo) {
     put(aws.url_of("counts"), "\u{9}\u{7}", Some("c1")).await;
     put(aws.url_of("commands"), r#"{"target":{"type":"example/counter","id":"c2"},"typename":"io.statefun.types/long","value":7}"#, None).await;
     put(aws.url_of("commands"), r#"{"target":{"type":"example/nope","id":"x"},"typename":"io.statefun.types/long","value":7}"#, None).await;
+    // Every record waits at least this long from its enqueue: MaxLag must show it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     for queue in ["people", "counts", "commands"] {
         let url = aws.url_of(queue);
         loop {
@@ -646,6 +652,8 @@ async fn sqs_ingress_routes_by_pointer_attribute_and_envelope(dynamo: Dynamo) {
             }
         }
     }
+    let lag = aws.handlers.ingress.totals().max_lag_ms;
+    assert!(lag >= 50, "MaxLag counts from SentTimestamp: {lag} ms");
     aws.drain(Duration::from_millis(300)).await;
     assert_eq!(count(&aws, &Address::new(PERSON, "Zoe"), "visits").await, 1);
     assert_eq!(count(&aws, &Address::new(COUNTER, "c2"), "count").await, 7);

@@ -376,4 +376,16 @@ fn monitoring_alarms_on_dead_letters_inbox_age_errors_and_throttles() {
     assert!(body["widgets"].as_array().is_some_and(|w| w.len() >= 6));
     let monitor = &deployment["Resources"]["Monitor"];
     assert_eq!(monitor["Properties"]["Location"], "infra/monitoring.yaml");
+    // Every parameter of the nested stack is the deployment's to set.
+    for (name, _) in t["Parameters"].as_object().expect("parameters") {
+        assert_eq!(
+            monitor["Properties"]["Parameters"][name]["Ref"],
+            name.as_str(),
+            "template.yaml passes {name} to the monitoring stack"
+        );
+        assert!(
+            deployment["Parameters"][name].is_object(),
+            "template.yaml has a {name} parameter"
+        );
+    }
 }

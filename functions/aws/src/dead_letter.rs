@@ -35,7 +35,8 @@ impl DeadLetters {
     }
 
     /// Moves one record to the DLQ. `group` keeps the DLQ's order per source group;
-    /// `record_id` (the SQS message id) makes a repeated move land once.
+    /// `record_id` (the SQS message id) makes a repeated move land once;
+    /// `first_failure_ms`, when known, is when the record first failed.
     pub async fn send(
         &self,
         handler: &str,
@@ -43,11 +44,13 @@ impl DeadLetters {
         group: &str,
         record_id: &str,
         reason: &str,
+        first_failure_ms: Option<u64>,
     ) -> Result<(), TransportError> {
         error!(handler, record_id, group, reason, "dead-lettering");
         let fifo = self.queue_url.ends_with(".fifo");
         self.metrics.request("SendMessage");
-        self.sqs
+        let mut request = self
+            .sqs
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(if body.is_empty() { "-" } else { body })
@@ -55,17 +58,18 @@ impl DeadLetters {
             .set_message_deduplication_id(fifo.then(|| crate::keys::dedup_id(record_id)))
             .message_attributes("Reason", attribute(&truncate(reason, 1024)))
             .message_attributes("Handler", attribute(handler))
-            .message_attributes("SourceGroup", attribute(group))
-            .send()
-            .await
-            .map_err(|e| {
-                let e = TransportError(format!(
-                    "DLQ SendMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ));
-                warn!(handler, record_id, reason = %e, "dead-lettering failed; the record is retried");
-                e
-            })?;
+            .message_attributes("SourceGroup", attribute(group));
+        if let Some(at) = first_failure_ms {
+            request = request.message_attributes("FirstFailure", attribute(&at.to_string()));
+        }
+        request.send().await.map_err(|e| {
+            let e = TransportError(format!(
+                "DLQ SendMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(e)
+            ));
+            warn!(handler, record_id, reason = %e, "dead-lettering failed; the record is retried");
+            e
+        })?;
         self.metrics.dead_lettered();
         Ok(())
     }

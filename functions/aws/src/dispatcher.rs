@@ -81,6 +81,7 @@ struct Received {
     record_id: String,
     body: String,
     envelope: Envelope,
+    first_received_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -162,12 +163,10 @@ impl Dispatcher {
         let mut received: Vec<Received> = Vec::new();
         let mut sent_at: Vec<(String, u64)> = Vec::new();
         for record in event.records {
+            let sent = crate::sent_timestamp(&record);
+            let first_received_ms = crate::first_received(&record);
             let record_id = record.message_id.unwrap_or_default();
-            if let Some(sent) = record
-                .attributes
-                .get("SentTimestamp")
-                .and_then(|t| t.parse().ok())
-            {
+            if let Some(sent) = sent {
                 sent_at.push((record_id.clone(), sent));
             }
             let body = record.body.unwrap_or_default();
@@ -176,6 +175,7 @@ impl Dispatcher {
                     record_id,
                     body,
                     envelope,
+                    first_received_ms,
                 }),
                 Err(e) => {
                     let group = record
@@ -185,7 +185,14 @@ impl Dispatcher {
                         .unwrap_or_else(|| "undecodable".into());
                     let sent = self
                         .dead_letters
-                        .send("dispatcher", &body, &group, &record_id, &e.to_string())
+                        .send(
+                            "dispatcher",
+                            &body,
+                            &group,
+                            &record_id,
+                            &e.to_string(),
+                            first_received_ms,
+                        )
                         .await;
                     if sent.is_err() {
                         failed.push(record_id);
@@ -194,15 +201,7 @@ impl Dispatcher {
             }
         }
         failed.extend(self.run(&received, deadline).await);
-        let now = self.clock.now_ms();
-        if let Some(oldest) = sent_at
-            .iter()
-            .filter(|(id, _)| !failed.contains(id))
-            .map(|(_, sent)| *sent)
-            .min()
-        {
-            self.metrics.lag(now.saturating_sub(oldest));
-        }
+        self.metrics.lag_of(&sent_at, &failed, self.clock.now_ms());
 
         let snapshot = self.metrics.take();
         println!(
@@ -304,7 +303,14 @@ impl Dispatcher {
                             let rec = &received[r];
                             moved &= self
                                 .dead_letters
-                                .send("dispatcher", &rec.body, &group, &rec.record_id, &reason)
+                                .send(
+                                    "dispatcher",
+                                    &rec.body,
+                                    &group,
+                                    &rec.record_id,
+                                    &reason,
+                                    rec.first_received_ms,
+                                )
                                 .await
                                 .is_ok();
                         }

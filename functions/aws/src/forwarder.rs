@@ -105,17 +105,29 @@ impl TimerForwarder {
         let records = event.records.len();
         let mut failed = Vec::new();
         let mut due: Vec<(String, TimerMessage)> = Vec::new();
+        let mut due_at: Vec<(String, u64)> = Vec::new();
         let mut hop: Vec<(String, TimerMessage)> = Vec::new();
         for record in event.records {
+            let first_received_ms = crate::first_received(&record);
             let id = record.message_id.unwrap_or_default();
             let body = record.body.unwrap_or_default();
             match envelope::decode_timer(&body) {
-                Ok(t) if t.due_at_ms <= now => due.push((id, t)),
+                Ok(t) if t.due_at_ms <= now => {
+                    due_at.push((id.clone(), t.due_at_ms));
+                    due.push((id, t));
+                }
                 Ok(t) => hop.push((id, t)),
                 Err(e) => {
                     if self
                         .dead_letters
-                        .send("timer-forwarder", &body, "timers", &id, &e.to_string())
+                        .send(
+                            "timer-forwarder",
+                            &body,
+                            "timers",
+                            &id,
+                            &e.to_string(),
+                            first_received_ms,
+                        )
                         .await
                         .is_err()
                     {
@@ -178,9 +190,13 @@ impl TimerForwarder {
             }
         }
 
+        // A delayed message waits by design: its lag is how late past its due time
+        // it is delivered.
+        let end = self.clock.now_ms();
+        self.metrics.lag_of(&due_at, &failed, end);
         println!(
             "{}",
-            self.metrics.take().emf("timer-forwarder", records, now)
+            self.metrics.take().emf("timer-forwarder", records, end)
         );
         crate::batch_response(&failed)
     }

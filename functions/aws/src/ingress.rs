@@ -152,6 +152,11 @@ impl SqsIngress {
         }
     }
 
+    /// Everything counted since start (for tests and benchmarks).
+    pub fn totals(&self) -> crate::metrics::Snapshot {
+        self.metrics.totals()
+    }
+
     /// Routes to the module's remote functions too.
     pub fn with_remote(mut self, remote: Option<Arc<statefun_remote::HttpFunctions>>) -> Self {
         self.remote = remote;
@@ -191,6 +196,11 @@ impl SqsIngress {
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
         let records = event.records.len();
         let mut failed = Vec::new();
+        let sent_at: Vec<(String, u64)> = event
+            .records
+            .iter()
+            .filter_map(|r| Some((r.message_id.clone()?, crate::sent_timestamp(r)?)))
+            .collect();
         let mut routed_records = Vec::new();
         let mut envelopes = Vec::new();
         for record in &event.records {
@@ -217,7 +227,14 @@ impl SqsIngress {
                         .unwrap_or_else(|| "ingress".into());
                     if self
                         .dead_letters
-                        .send("sqs-ingress", &body, &group, &id, &reason)
+                        .send(
+                            "sqs-ingress",
+                            &body,
+                            &group,
+                            &id,
+                            &reason,
+                            crate::first_received(record),
+                        )
                         .await
                         .is_err()
                     {
@@ -234,12 +251,9 @@ impl SqsIngress {
                 failed.push(id.clone());
             }
         }
-        println!(
-            "{}",
-            self.metrics
-                .take()
-                .emf("sqs-ingress", records, self.clock.now_ms())
-        );
+        let now = self.clock.now_ms();
+        self.metrics.lag_of(&sent_at, &failed, now);
+        println!("{}", self.metrics.take().emf("sqs-ingress", records, now));
         crate::batch_response(&failed)
     }
 }

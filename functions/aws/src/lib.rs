@@ -15,6 +15,21 @@ pub mod keys;
 pub mod metrics;
 pub mod transport;
 
+/// When SQS enqueued a record (its `SentTimestamp`, ms since the epoch).
+pub(crate) fn sent_timestamp(record: &aws_lambda_events::event::sqs::SqsMessage) -> Option<u64> {
+    record.attributes.get("SentTimestamp")?.parse().ok()
+}
+
+/// When SQS first handed a record to a consumer (its `ApproximateFirstReceiveTimestamp`):
+/// for a record that fails every time, its first failure.
+pub(crate) fn first_received(record: &aws_lambda_events::event::sqs::SqsMessage) -> Option<u64> {
+    record
+        .attributes
+        .get("ApproximateFirstReceiveTimestamp")?
+        .parse()
+        .ok()
+}
+
 /// The partial batch response reporting `failed` record ids to the event source.
 pub(crate) fn batch_response(failed: &[String]) -> aws_lambda_events::event::sqs::SqsBatchResponse {
     let mut response = aws_lambda_events::event::sqs::SqsBatchResponse::default();

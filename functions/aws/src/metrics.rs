@@ -153,6 +153,20 @@ impl Metrics {
         self.with(|s| s.max_lag_ms = s.max_lag_ms.max(ms));
     }
 
+    /// A batch's `MaxLag`: how long its oldest handled record waited, from `since_ms`
+    /// (by record id) to `now_ms`. Failed records are left out: they come again and
+    /// count then.
+    pub fn lag_of(&self, since_ms: &[(String, u64)], failed: &[String], now_ms: u64) {
+        if let Some(oldest) = since_ms
+            .iter()
+            .filter(|(id, _)| !failed.contains(id))
+            .map(|(_, at)| *at)
+            .min()
+        {
+            self.lag(now_ms.saturating_sub(oldest));
+        }
+    }
+
     pub fn remote_call(&self, took: std::time::Duration) {
         self.with(|s| s.remote_call_ms.push(took.as_secs_f64() * 1000.0));
     }
@@ -210,5 +224,27 @@ mod tests {
         assert_eq!(called["MaxLag"], 0, "a new batch starts from zero");
         assert!(declared(&called).contains(&"RemoteCallLatency".to_string()));
         assert_eq!(metrics.totals().max_lag_ms, 40);
+    }
+
+    #[test]
+    fn a_batch_lag_is_its_oldest_handled_record_failed_ones_left_out() {
+        let metrics = Metrics::default();
+        let since = [
+            ("a".to_string(), 1_000),
+            ("b".to_string(), 400),
+            ("c".to_string(), 900),
+        ];
+        metrics.lag_of(&since, &["b".to_string()], 1_500);
+        assert_eq!(
+            metrics.take().max_lag_ms,
+            600,
+            "a's wait; b failed and comes again"
+        );
+        metrics.lag_of(&since, &[], 300);
+        assert_eq!(
+            metrics.take().max_lag_ms,
+            0,
+            "a clock behind the enqueue is no lag"
+        );
     }
 }

@@ -71,7 +71,8 @@ pub(crate) enum Command<A: clap::Args> {
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
     /// One JSON line per dead letter: address, message id, reason, handler, source group,
-    /// when it was dead-lettered. On SQS each letter shown is hidden for 30 s.
+    /// when it first failed and when it was dead-lettered. On SQS each letter shown is
+    /// hidden for 30 s, and a FIFO group shows its first 10 (the rest are counted).
     List(DlqArgs),
     /// Put dead letters back into the inbox under fresh ids (replay:<dlq id>), so that
     /// receivers apply them rather than drop them as seen; prints each replayed message.
@@ -86,6 +87,17 @@ pub(crate) struct DlqArgs {
     /// has it open; a replay runs at its next start).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Which of the deployment's DLQs: the inbox's (what the handlers dead-lettered),
+    /// or the delay queue's (delayed messages SQS gave up forwarding; replayed into the
+    /// delay queue unchanged).
+    #[arg(long, value_enum, default_value_t = DlqQueue::Inbox, conflicts_with = "data_dir")]
+    queue: DlqQueue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DlqQueue {
+    Inbox,
+    Delay,
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +172,7 @@ fn embedded_dlq(dir: &std::path::Path, command: &DlqCommand) -> anyhow::Result<(
                         "reason": letter.reason,
                         "handler": "embedded",
                         "source_group": letter.envelope.target.to_string(),
+                        "first_failure_ms": letter.first_failure_ms,
                         "dead_lettered_at_ms": letter.at_ms,
                         "dlq_id": row.to_string(),
                     })
@@ -387,12 +400,14 @@ async fn run<A: clap::Args + FromArgMatches + 'static>(
 mod aws {
     use std::time::Duration;
 
+    use anyhow::Context as _;
     use clap::FromArgMatches;
+    use statefun_infra::ops::Dlq;
     use tracing::info;
 
     use super::{
-        AwsArgs, DlqCommand, PollArgs, ProvisionArgs, ReplayArgs, SendArgs, StateArgs, TailArgs,
-        parse_address, print_replayed, shutdown_signal,
+        AwsArgs, DlqCommand, DlqQueue, PollArgs, ProvisionArgs, ReplayArgs, SendArgs, StateArgs,
+        TailArgs, parse_address, print_replayed, shutdown_signal,
     };
 
     /// A spinner on stderr for an operation that may take more than a moment (hidden when
@@ -555,38 +570,57 @@ mod aws {
         let (DlqCommand::List(target) | DlqCommand::Replay(ReplayArgs { target, .. })) = &command;
         let clients = aws_clients(&target.aws).await;
         let config = aws_config(app, &clients, &target.aws.prefix).await?;
-        let bar = spinner("reading the DLQ");
-        let letters = statefun_infra::ops::receive(&clients, &config.dlq_url, |n| {
-            bar.set_message(format!("{n} dead letters read"));
-        })
-        .await;
-        bar.finish_and_clear();
-        let letters = letters?;
+        let (kind, url) = match target.queue {
+            DlqQueue::Inbox => (Dlq::Inbox, config.dlq_url.clone()),
+            DlqQueue::Delay => {
+                let name = statefun_infra::local::Names::new(&target.aws.prefix).delay_dlq;
+                let url = clients.sqs.get_queue_url().queue_name(&name).send().await;
+                let url = url.with_context(|| format!("the delay queue's DLQ {name}"))?;
+                (Dlq::Delay, url.queue_url().unwrap_or_default().to_string())
+            }
+        };
         match command {
             DlqCommand::List(_) => {
+                let bar = spinner("reading the DLQ");
+                let letters = statefun_infra::ops::receive(&clients, &url, kind, |n| {
+                    bar.set_message(format!("{n} dead letters read"));
+                })
+                .await;
+                bar.finish_and_clear();
+                let letters = letters?;
                 for letter in &letters {
                     println!("{}", letter.view());
                 }
-                statefun_infra::ops::release(&clients, &config.dlq_url, &letters).await?;
+                let depth = statefun_infra::ops::depth(&clients, &url).await?;
+                statefun_infra::ops::release(&clients, &url, &letters).await?;
+                let unseen = depth.saturating_sub(letters.len() as u64);
+                if unseen > 0 {
+                    tracing::warn!(
+                        unseen,
+                        "more letters wait behind the ones listed in their FIFO groups; \
+                         a replay reaches them"
+                    );
+                }
             }
             DlqCommand::Replay(args) => {
                 let selection = statefun_infra::ops::Selection {
                     address: args.address.as_deref().map(parse_address).transpose()?,
                     reason: args.reason,
                 };
-                let (picked, others): (Vec<_>, Vec<_>) = letters.into_iter().partition(|l| {
-                    l.envelope.is_some()
-                        && selection.picks(l.envelope.as_ref().map(|e| &e.target), &l.reason)
-                });
-                statefun_infra::ops::release(&clients, &config.dlq_url, &others).await?;
-                let bar = indicatif::ProgressBar::new(picked.len() as u64);
-                let replayed = statefun_infra::ops::replay(&clients, &config, &picked, |n| {
-                    bar.set_position(n as u64)
-                })
-                .await;
+                let bar = spinner("replaying dead letters");
+                let replayed =
+                    statefun_infra::ops::replay(&clients, &config, (kind, &url), &selection, |n| {
+                        bar.set_message(format!("{n} replayed"))
+                    })
+                    .await;
                 bar.finish_and_clear();
-                replayed?.iter().for_each(print_replayed);
-                let skipped = others.iter().filter(|l| l.envelope.is_none()).count();
+                let replayed = replayed?;
+                replayed.messages.iter().for_each(print_replayed);
+                let skipped = replayed
+                    .left
+                    .iter()
+                    .filter(|l| l.envelope.is_none())
+                    .count();
                 if skipped > 0 {
                     tracing::warn!(
                         skipped,

@@ -206,6 +206,7 @@ impl Acceptor {
                                 value: req.value,
                             },
                             attempts: 0,
+                            first_failed_ms: None,
                         };
                         inbox.insert(s, store::encode(&entry).as_slice())?;
                         if let Some((key, target, digest)) = keyed {

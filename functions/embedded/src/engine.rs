@@ -113,6 +113,7 @@ impl Tables<'_> {
         let entry = InboxEntry {
             envelope,
             attempts: 0,
+            first_failed_ms: None,
         };
         self.inbox.insert(s, store::encode(&entry).as_slice())?;
         delta.new_inbox.push((s, entry));
@@ -618,6 +619,7 @@ impl Engine {
                     // entry's own count (every try) only lengthens the wait.
                     let mut entry = self.pending[&culprit].clone();
                     entry.attempts += 1;
+                    let first_failed = *entry.first_failed_ms.get_or_insert(now);
                     let reason = failure.error.to_string();
                     let policy = &self.config.batch.retry;
                     if let Verdict::Retry { after } =
@@ -643,7 +645,7 @@ impl Engine {
                         } else {
                             tables.inbox.remove(culprit)?;
                         }
-                        dead.push((culprit, entry.envelope, reason));
+                        dead.push((culprit, entry.envelope, reason, first_failed));
                     }
                 }
             }
@@ -656,11 +658,12 @@ impl Engine {
                 tables.fire(key, &seqs, &mut delta)?;
             }
             let mut letters = txn.open_table(DEAD_LETTERS)?;
-            for (culprit, envelope, reason) in &dead {
+            for (culprit, envelope, reason, first_failed) in &dead {
                 let letter = DeadLetter {
                     envelope: envelope.clone(),
                     reason: reason.clone(),
                     at_ms: now,
+                    first_failure_ms: Some(*first_failed),
                 };
                 letters.insert(culprit, store::encode(&letter).as_slice())?;
             }
@@ -715,7 +718,7 @@ impl Engine {
                 self.retry_at.remove(address);
             }
         }
-        for (culprit, _, _) in dead {
+        for (culprit, ..) in dead {
             self.pending.remove(&culprit);
         }
         self.pending.extend(delta.new_inbox);

@@ -49,11 +49,30 @@ type KeyRow = (&'static [u8], &'static str);
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const NEXT_SEQ: &str = "next_seq";
 
-/// A message in the inbox and how often it failed.
+/// A message in the inbox, how often it failed, and when it first did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct InboxEntry {
     pub(crate) envelope: Envelope,
     pub(crate) attempts: u32,
+    pub(crate) first_failed_ms: Option<u64>,
+}
+
+/// An inbox entry as written before `first_failed_ms`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct InboxEntryV0 {
+    envelope: Envelope,
+    attempts: u32,
+}
+
+impl From<InboxEntryV0> for InboxEntry {
+    fn from(v0: InboxEntryV0) -> Self {
+        InboxEntry {
+            envelope: v0.envelope,
+            attempts: v0.attempts,
+            first_failed_ms: None,
+        }
+    }
 }
 
 /// A scheduled delayed message.
@@ -63,12 +82,35 @@ pub(crate) struct TimerEntry {
     pub(crate) token: Option<String>,
 }
 
-/// A dead-lettered message and why.
+/// A dead-lettered message, why, and when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub envelope: Envelope,
     pub reason: String,
+    /// When it was dead-lettered (ms since the epoch).
     pub at_ms: u64,
+    /// When it first failed (unknown for letters written before it was recorded).
+    pub first_failure_ms: Option<u64>,
+}
+
+/// A dead letter as written before `first_failure_ms`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct DeadLetterV0 {
+    envelope: Envelope,
+    reason: String,
+    at_ms: u64,
+}
+
+impl From<DeadLetterV0> for DeadLetter {
+    fn from(v0: DeadLetterV0) -> Self {
+        DeadLetter {
+            envelope: v0.envelope,
+            reason: v0.reason,
+            at_ms: v0.at_ms,
+            first_failure_ms: None,
+        }
+    }
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -81,6 +123,29 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
 ) -> Result<T, EmbeddedError> {
     postcard::from_bytes(bytes).map_err(|e| EmbeddedError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Decodes a record whose type gained a field at its end since `Old`: postcard writes
+/// no field names, so a record written before simply ends early, and reads as `Old`.
+fn decode_evolved<T, Old>(what: &str, bytes: &[u8]) -> Result<T, EmbeddedError>
+where
+    T: for<'de> Deserialize<'de>,
+    Old: for<'de> Deserialize<'de> + Into<T>,
+{
+    match postcard::from_bytes::<T>(bytes) {
+        Err(postcard::Error::DeserializeUnexpectedEnd) => {
+            decode::<Old>(what, bytes).map(Into::into)
+        }
+        decoded => decoded.map_err(|e| EmbeddedError::Corrupt(format!("{what}: {e}"))),
+    }
+}
+
+pub(crate) fn decode_entry(what: &str, bytes: &[u8]) -> Result<InboxEntry, EmbeddedError> {
+    decode_evolved::<InboxEntry, InboxEntryV0>(what, bytes)
+}
+
+fn decode_letter(bytes: &[u8]) -> Result<DeadLetter, EmbeddedError> {
+    decode_evolved::<DeadLetter, DeadLetterV0>("dead letter", bytes)
 }
 
 pub(crate) fn address_key(address: &Address) -> Vec<u8> {
@@ -206,7 +271,7 @@ pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, E
     let mut inbox: BTreeMap<u64, InboxEntry> = BTreeMap::new();
     for row in txn.open_table(INBOX)?.iter()? {
         let (seq, bytes) = row?;
-        inbox.insert(seq.value(), decode("inbox entry", bytes.value())?);
+        inbox.insert(seq.value(), decode_entry("inbox entry", bytes.value())?);
     }
     let letters = txn.open_table(DEAD_LETTERS)?;
     let (mut rows, mut stale) = (Vec::new(), Vec::new());
@@ -216,7 +281,7 @@ pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, E
         if inbox.contains_key(&seq) || letters.get(seq)?.is_some() {
             stale.push(seq);
         } else {
-            inbox.insert(seq, decode("accepted entry", bytes.value())?);
+            inbox.insert(seq, decode_entry("accepted entry", bytes.value())?);
             rows.push(seq);
         }
     }
@@ -242,7 +307,7 @@ pub(crate) fn dead_letters(db: &Database) -> Result<Vec<(u64, DeadLetter)>, Embe
     let mut out = Vec::new();
     for row in txn.open_table(DEAD_LETTERS)?.iter()? {
         let (seq, bytes) = row?;
-        out.push((seq.value(), decode("dead letter", bytes.value())?));
+        out.push((seq.value(), decode_letter(bytes.value())?));
     }
     Ok(out)
 }
@@ -291,6 +356,7 @@ pub(crate) fn replay(
             let entry = InboxEntry {
                 envelope: envelope.clone(),
                 attempts: 0,
+                first_failed_ms: None,
             };
             inbox.insert(seq, encode(&entry).as_slice())?;
             letters.remove(row)?;
@@ -358,6 +424,7 @@ mod tests {
                 value: TypedValue::of(&1_i64),
             },
             attempts,
+            first_failed_ms: None,
         }
     }
 
@@ -377,6 +444,7 @@ mod tests {
             envelope: entry(id, 1).envelope,
             reason: "poison".into(),
             at_ms: 1,
+            first_failure_ms: Some(1),
         })
     }
 
@@ -473,5 +541,28 @@ mod tests {
         assert_eq!(ids, ["replay:6"]);
         assert!(recovered.stale.is_empty() && recovered.accepted.is_empty());
         assert!(recovered.inbox[0].0 > 6, "a fresh row");
+    }
+
+    #[test]
+    fn records_written_before_a_field_was_added_still_read() {
+        let old = entry("k", 3);
+        let v0 = encode(&InboxEntryV0 {
+            envelope: old.envelope.clone(),
+            attempts: 3,
+        });
+        let read = decode_entry("inbox entry", &v0).expect("an older entry reads");
+        assert_eq!((read.attempts, read.first_failed_ms), (3, None));
+        let letter_bytes = letter("k");
+        let letter = encode(&DeadLetterV0 {
+            envelope: old.envelope,
+            reason: "poison".into(),
+            at_ms: 7,
+        });
+        let read = decode_letter(&letter).expect("an older letter reads");
+        assert_eq!((read.at_ms, read.first_failure_ms), (7, None));
+        // Today's records read as they are, and a damaged one is still refused.
+        let now = decode_letter(&letter_bytes).expect("a letter reads");
+        assert_eq!(now.first_failure_ms, Some(1));
+        assert!(decode_entry("inbox entry", &[0xff]).is_err());
     }
 }

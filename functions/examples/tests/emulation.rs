@@ -8,9 +8,14 @@ use statefun_e2e::Moto;
 use statefun_lambda::embedded::Settling;
 
 fn cli(endpoint: &str, args: &[&str]) -> (bool, String, String) {
+    cli_at(endpoint, "cli", args)
+}
+
+/// `statefun-lambda <args>` against the deployment `prefix` on the emulator.
+fn cli_at(endpoint: &str, prefix: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
         .args(args)
-        .args(["--prefix", "cli", "--endpoint-url", endpoint])
+        .args(["--prefix", prefix, "--endpoint-url", endpoint])
         .env_remove("AWS_ACCESS_KEY_ID")
         .output()
         .expect("run statefun-lambda");
@@ -191,11 +196,9 @@ fn dead_letters_are_listed_and_replayed_under_fresh_ids() {
             "{letter}"
         );
         assert_eq!(letter["handler"], "dispatcher", "{letter}");
-        assert!(
-            letter["dead_lettered_at_ms"]
-                .as_u64()
-                .is_some_and(|t| t > 0)
-        );
+        let at = letter["dead_lettered_at_ms"].as_u64().unwrap_or(0);
+        let first = letter["first_failure_ms"].as_u64().unwrap_or(0);
+        assert!(at > 0 && first > 0 && first <= at, "{letter}");
     }
     assert_eq!(list().len(), 2, "listing leaves the letters on the DLQ");
 
@@ -288,4 +291,138 @@ async fn egress_tail_prints_what_arrives_and_consumes_only_with_delete() {
     let consumed = tokio::task::block_in_place(|| tail(&["--delete"]));
     assert_eq!(consumed, greetings);
     assert!(aws.take_all(&url).await.is_empty(), "consumed by --delete");
+}
+
+/// A dead letter as the dispatcher writes it: the message's body and our attributes.
+async fn dead_letter(aws: &statefun_e2e::Aws, id: usize, group: &str) {
+    let envelope = statefun_core::Envelope {
+        id: statefun_core::MessageId::Keyed(format!("poison-{id}")),
+        target: statefun_core::Address::new(statefun_examples::counter::COUNTER, "p"),
+        caller: None,
+        value: statefun_core::TypedValue::of(&"many".to_string()),
+    };
+    let attribute = |v: &str| {
+        aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .expect("attribute")
+    };
+    aws.clients
+        .sqs
+        .send_message()
+        .queue_url(&aws.config.dlq_url)
+        .message_body(statefun_aws::envelope::encode(&envelope))
+        .message_group_id(group)
+        .message_deduplication_id(format!("letter-{id}"))
+        .message_attributes("Reason", attribute("refused"))
+        .message_attributes("Handler", attribute("dispatcher"))
+        .message_attributes("SourceGroup", attribute(group))
+        .send()
+        .await
+        .expect("dead-letter");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_reaches_every_letter_of_a_fifo_group_and_a_listing_counts_the_rest() {
+    let aws = statefun_e2e::Aws::start(
+        statefun_e2e::Dynamo::Moto,
+        statefun_examples::registry(statefun_examples::ExamplesConfig::default())
+            .expect("registry"),
+        &[],
+        &[],
+    )
+    .await;
+    // More letters in one FIFO group than one receive returns: SQS shows a group's
+    // later messages only once its earlier ones are deleted.
+    for id in 0..23 {
+        dead_letter(&aws, id, "example/counter/p").await;
+    }
+    let run = |args: &[&str]| {
+        let (ok, out, err) =
+            tokio::task::block_in_place(|| cli_at(&aws.moto.url, &aws.prefix, args));
+        assert!(ok, "{err}");
+        (lines(&out), err)
+    };
+    let (listed, err) = run(&["dlq", "list"]);
+    let unseen: usize = err
+        .split("unseen=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map_or(0, |n| n.parse().expect("a count"));
+    assert_eq!(
+        (listed.len(), unseen),
+        (10, 13),
+        "a group shows its first 10, the rest are counted: {err}"
+    );
+
+    let (replayed, err) = run(&["dlq", "replay", "--address", "example/counter/p"]);
+    assert_eq!(replayed.len(), 23, "{err}");
+    let (left, _) = run(&["dlq", "list"]);
+    assert!(left.is_empty(), "{left:?}");
+    let inbox = aws.take_all(&aws.config.inbox_url).await;
+    assert_eq!(inbox.len(), 23, "every letter back in the inbox, once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delay_queues_dlq_is_listed_and_replayed_into_the_delay_queue_unchanged() {
+    let aws = statefun_e2e::Aws::start(
+        statefun_e2e::Dynamo::Moto,
+        statefun_examples::registry(statefun_examples::ExamplesConfig::default())
+            .expect("registry"),
+        &[],
+        &[],
+    )
+    .await;
+    let timer = statefun_aws::envelope::TimerMessage {
+        due_at_ms: 1,
+        token: None,
+        issued: statefun_core::Issued {
+            version: 1,
+            index: 0,
+        },
+        envelope: statefun_core::Envelope {
+            id: statefun_core::MessageId::Keyed("example/counter/t@1.0".into()),
+            target: statefun_core::Address::new(statefun_examples::counter::COUNTER, "t"),
+            caller: None,
+            value: statefun_core::TypedValue::of(&1_i64),
+        },
+    };
+    let body = statefun_aws::envelope::encode_timer(&timer);
+    aws.clients
+        .sqs
+        .send_message()
+        .queue_url(aws.url_of("delay-dlq"))
+        .message_body(&body)
+        .send()
+        .await
+        .expect("send");
+    let run = |args: &[&str]| {
+        let (ok, out, err) =
+            tokio::task::block_in_place(|| cli_at(&aws.moto.url, &aws.prefix, args));
+        assert!(ok, "{err}");
+        lines(&out)
+    };
+    let listed = run(&["dlq", "list", "--queue", "delay"]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["address"], "example/counter/t");
+    assert_eq!(listed[0]["message_id"], "example/counter/t@1.0");
+    assert!(
+        run(&["dlq", "list"]).is_empty(),
+        "the inbox's DLQ is another queue"
+    );
+
+    let replayed = run(&["dlq", "replay", "--queue", "delay"]);
+    assert_eq!(
+        replayed,
+        [
+            serde_json::json!({"address": "example/counter/t", "message_id": "example/counter/t@1.0"})
+        ],
+        "a delayed message keeps its id: it is deduplicated by it, and was never delivered"
+    );
+    let delay = aws.take_all(&aws.config.delay_url).await;
+    assert_eq!(delay.len(), 1);
+    assert_eq!(delay[0].0, body, "the timer as it was");
+    assert!(aws.take_all(&aws.url_of("delay-dlq")).await.is_empty());
+    assert!(run(&["dlq", "list", "--queue", "delay"]).is_empty());
 }

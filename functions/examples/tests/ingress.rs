@@ -423,6 +423,10 @@ fn an_embedded_data_dirs_dead_letters_are_listed_and_replayed() {
             .as_str()
             .is_some_and(|r| r.contains("long"))
     );
+    // Refused for good at its first try: it first failed when it was dead-lettered.
+    let first = letters[0]["first_failure_ms"].as_u64();
+    assert!(first.is_some_and(|t| t > 0), "{letters:?}");
+    assert_eq!(first, letters[0]["dead_lettered_at_ms"].as_u64());
     assert!(cli(&["dlq", "replay", "--address", "example/counter/a"]).is_empty());
     let replayed = cli(&["dlq", "replay", "--reason", "long"]);
     let fresh = format!("replay:{}", letters[0]["dlq_id"].as_str().expect("row"));
