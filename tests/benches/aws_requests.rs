@@ -226,7 +226,8 @@ async fn main() {
     );
     statefun_e2e::plot::bars(
         "aws_requests",
-        "AWS path per message, by traffic kind (bench aws_requests)",
+        "AWS path per message, by traffic kind",
+        "cargo bench -p statefun-e2e --bench aws_requests",
         "per message",
         &["AWS requests", "read units", "write units"],
         &rows
@@ -263,7 +264,8 @@ async fn main() {
         .collect();
     statefun_e2e::plot::bars(
         "aws_cost",
-        "USD per million messages by traffic kind, AWS list prices (BENCHMARKS.md)",
+        "USD per million messages by traffic kind, AWS list prices of 2024-11",
+        "cargo bench -p statefun-e2e --bench aws_requests",
         "USD per million messages",
         &[
             "SQS",

@@ -30,10 +30,30 @@ fn target(name: &str) -> Option<PathBuf> {
     Some(dir.join(format!("{name}.svg")))
 }
 
-/// A line chart: one line per series of `(x, y)` points; `log_x` for a log-scale x.
+/// A white canvas with `command` (what reproduces the figure) written along its foot;
+/// the chart goes in the area above it.
+fn canvas<'a>(
+    path: &'a std::path::Path,
+    command: &str,
+) -> DrawingArea<SVGBackend<'a>, plotters::coord::Shift> {
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE).expect("draw");
+    let (chart, foot) = root.split_vertically(418);
+    foot.draw_text(
+        &format!("$ {command}"),
+        &("monospace", 11).into_font().color(&BLACK.mix(0.7)),
+        (12, 2),
+    )
+    .expect("draw the command");
+    chart
+}
+
+/// A line chart: one line per series of `(x, y)` points; `log_x` for a log-scale x;
+/// `command` reproduces it.
 pub fn lines(
     name: &str,
     title: &str,
+    command: &str,
     (x_desc, y_desc): (&str, &str),
     log_x: bool,
     series: &[(&str, Vec<(f64, f64)>)],
@@ -46,8 +66,7 @@ pub fn lines(
         x_min = x_min.min(*x);
         y_max = y_max.max(*y);
     }
-    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE).expect("draw");
+    let root = canvas(&path, command);
     let mut builder = ChartBuilder::on(&root);
     builder
         .caption(title, ("sans-serif", 18))
@@ -107,23 +126,25 @@ fn draw_lines<X>(
         .expect("legend");
 }
 
-/// A grouped bar chart: for each category, one bar per series (values in series order).
+/// A grouped bar chart: for each category, one bar per series (values in series order);
+/// `command` reproduces it.
 pub fn bars(
     name: &str,
     title: &str,
+    command: &str,
     y_desc: &str,
     series: &[&str],
     categories: &[(&str, Vec<f64>)],
 ) {
     if let Some(path) = target(name) {
-        draw_bars(&path, title, y_desc, series, categories);
+        draw_bars(&path, (title, command), y_desc, series, categories);
         println!("figure: {}", path.display());
     }
 }
 
 fn draw_bars(
     path: &std::path::Path,
-    title: &str,
+    (title, command): (&str, &str),
     y_desc: &str,
     series: &[&str],
     categories: &[(&str, Vec<f64>)],
@@ -132,8 +153,7 @@ fn draw_bars(
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .fold(0f64, f64::max);
-    let root = SVGBackend::new(&path, (720, 420)).into_drawing_area();
-    root.fill(&WHITE).expect("draw");
+    let root = canvas(path, command);
     let n = categories.len();
     // Category i spans [i - 0.5, i + 0.5]: its label sits on the tick at i.
     let mut chart = ChartBuilder::on(&root)
@@ -215,12 +235,15 @@ fn draw_bars(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_bar_chart_names_its_categories_and_shows_its_values() {
+    fn a_bar_chart_names_its_categories_shows_its_values_and_its_command() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bars.svg");
         super::draw_bars(
             &path,
-            "per message",
+            (
+                "per message",
+                "cargo bench -p statefun-e2e --bench aws_requests",
+            ),
             "count",
             &["requests", "write units"],
             &[
@@ -229,7 +252,14 @@ mod tests {
             ],
         );
         let svg = std::fs::read_to_string(&path).expect("the figure");
-        for text in ["direct", "keyed ingress", "0.29", "2.56", "write units"] {
+        for text in [
+            "direct",
+            "keyed ingress",
+            "0.29",
+            "2.56",
+            "write units",
+            "$ cargo bench -p statefun-e2e --bench aws_requests",
+        ] {
             assert!(svg.contains(text), "{text} missing");
         }
     }

@@ -139,7 +139,8 @@ async fn main() {
     );
     statefun_e2e::plot::lines(
         "embedded_throughput",
-        "Embedded runtime, 1,000 counters (cargo bench -p statefun-embedded --bench durable)",
+        "Embedded runtime, 1,000 counters, accepted and applied",
+        "cargo bench -p statefun-embedded --bench durable",
         ("concurrent clients", "thousand msg/s"),
         true,
         &[
@@ -153,7 +154,8 @@ async fn main() {
         .collect();
     statefun_e2e::plot::lines(
         "embedded_accept_latency",
-        "Embedded accept latency CDF, 1,000 counters (same bench)",
+        "Embedded accept latency CDF, 1,000 counters",
+        "cargo bench -p statefun-embedded --bench durable",
         ("accept latency (ms, log scale)", "fraction of messages"),
         true,
         &cdfs,

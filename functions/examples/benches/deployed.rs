@@ -81,7 +81,8 @@ fn main() {
 
     statefun_e2e::plot::lines(
         "deployed_latency",
-        "Deployed stack on MiniStack: send -> state visible (cargo bench ... --bench deployed)",
+        "Deployed stack on MiniStack: send -> state visible",
+        "cargo bench -p statefun-examples --features aws --bench deployed",
         ("ms", "fraction of messages"),
         false,
         &[(

@@ -137,7 +137,8 @@ fn main() {
     }
     statefun_e2e::plot::lines(
         "in_process",
-        "In-process example/counter, one thread (cargo bench -p statefun-examples --bench in_process)",
+        "In-process example/counter, one thread, batches of 1,000",
+        "cargo bench -p statefun-examples --bench in_process",
         ("addresses", "million msg/s"),
         true,
         &[

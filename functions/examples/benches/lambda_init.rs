@@ -87,9 +87,10 @@ fn main() {
     statefun_e2e::plot::bars(
         "lambda_init",
         &format!(
-            "Lambda init per role, {STARTS} starts; package {:.2} MB (bench/all.sh)",
+            "Lambda init per role, {STARTS} starts; package {:.2} MB",
             size as f64 / 1_000_000.0
         ),
+        "cargo bench -p statefun-examples --features aws --bench lambda_init (bench/all.sh: on the package)",
         "ms from process start to the first /next",
         &["min", "median", "max"],
         &figure,
