@@ -10,6 +10,7 @@
 //! stays hidden for a while (30 s by default, as the AWS console's "poll for messages"
 //! does) unless deleted.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
@@ -158,7 +159,8 @@ async fn receive_once(clients: &Clients, url: &str, dlq: Dlq) -> Result<Vec<Lett
 }
 
 /// Receives every letter the DLQ shows now, each hidden for [`SHOWN_FOR`] or until
-/// [`release`]d; `progress` hears the running count.
+/// [`release`]d; `progress` hears the running count. Stops at a receive that brings
+/// nothing new (on a long listing, the first letters come back after [`SHOWN_FOR`]).
 pub async fn receive(
     clients: &Clients,
     url: &str,
@@ -167,15 +169,20 @@ pub async fn receive(
 ) -> Result<Vec<Letter>, LocalError> {
     let mut letters: Vec<Letter> = Vec::new();
     loop {
-        let got = receive_once(clients, url, dlq).await?;
-        if got.is_empty() {
-            return Ok(letters);
-        }
-        for letter in got {
-            // A standard DLQ may deliver a message twice.
-            if !letters.iter().any(|l| l.dlq_id == letter.dlq_id) {
-                letters.push(letter);
+        let mut new = false;
+        for letter in receive_once(clients, url, dlq).await? {
+            // Seen before (a standard queue's second copy, or shown again): the newest
+            // receipt is the one that releases it.
+            match letters.iter_mut().find(|l| l.dlq_id == letter.dlq_id) {
+                Some(seen) => seen.receipt = letter.receipt,
+                None => {
+                    new = true;
+                    letters.push(letter);
+                }
             }
+        }
+        if !new {
+            return Ok(letters);
         }
         progress(letters.len());
     }
@@ -201,22 +208,25 @@ pub async fn depth(clients: &Clients, url: &str) -> Result<u64, LocalError> {
 }
 
 /// Makes received letters visible again at once.
-pub async fn release(
+pub async fn release(clients: &Clients, url: &str, letters: &[Letter]) -> Result<(), LocalError> {
+    hide(clients, url, letters, Duration::ZERO).await
+}
+
+/// Sets how long received letters stay hidden from now on.
+async fn hide(
     clients: &Clients,
-    dlq_url: &str,
+    url: &str,
     letters: &[Letter],
+    for_: Duration,
 ) -> Result<(), LocalError> {
     for chunk in letters.chunks(10) {
-        let mut batch = clients
-            .sqs
-            .change_message_visibility_batch()
-            .queue_url(dlq_url);
+        let mut batch = clients.sqs.change_message_visibility_batch().queue_url(url);
         for (i, letter) in chunk.iter().enumerate() {
             batch = batch.entries(
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
                     .receipt_handle(&letter.receipt)
-                    .visibility_timeout(0)
+                    .visibility_timeout(for_.as_secs() as i32)
                     .build()
                     .map_err(|e| failed("ChangeMessageVisibilityBatch")(e.to_string()))?,
             );
@@ -229,86 +239,135 @@ pub async fn release(
     Ok(())
 }
 
-/// What a replay did.
-#[derive(Debug, Default)]
-pub struct Replayed {
-    /// The messages put back, as sent.
-    pub messages: Vec<Envelope>,
-    /// Letters seen and left on the DLQ: not selected, or not a message.
-    pub left: Vec<Letter>,
-}
+/// How long a letter a replay leaves on the DLQ stays hidden while the replay goes on
+/// (so that it is not received again and taken for news); it is released at the end.
+const LEFT_FOR: Duration = Duration::from_secs(15 * 60);
 
 /// Puts the selected letters back and deletes them from the DLQ, a receive (10 letters)
 /// at a time: three requests per 10 letters, and on a FIFO DLQ each group's later
 /// letters come through once its earlier ones are deleted. Letters of the inbox's DLQ go
 /// to the inbox under a fresh id `replay:<dlq id>` (docs/DESIGN.md, "Replaying dead
 /// letters"); the delay queue's go back to the delay queue unchanged, to be forwarded
-/// when due unless cancelled. Letters not selected are made visible again at the end,
-/// and so is a letter of a message this run sent back (it failed again while the run
-/// went on: replaying it again would chase it forever).
+/// when due unless cancelled. `replayed` hears each batch as it is sent.
+///
+/// Letters not selected stay on the DLQ (made visible again at the end, also after an
+/// error), and so does a letter of a message this run sent back (it failed again while
+/// the run went on: replaying it again would chase it for ever). On a FIFO DLQ a letter
+/// left holds back its group's later ones: [`depth`] after the run counts them. Returns
+/// the letters left.
 pub async fn replay(
     clients: &Clients,
     config: &AwsConfig,
     dlq: (Dlq, &str),
     selection: &Selection,
-    mut progress: impl FnMut(usize),
-) -> Result<Replayed, LocalError> {
-    let (kind, url) = dlq;
-    let mut done = Replayed::default();
+    replayed: impl FnMut(&[Envelope]),
+) -> Result<Vec<Letter>, LocalError> {
+    let mut left = Vec::new();
+    let run = replay_passes(clients, config, dlq, selection, replayed, &mut left).await;
+    let released = release(clients, dlq.1, &left).await;
+    run.and(released).map(|()| left)
+}
+
+async fn replay_passes(
+    clients: &Clients,
+    config: &AwsConfig,
+    (kind, url): (Dlq, &str),
+    selection: &Selection,
+    mut replayed: impl FnMut(&[Envelope]),
+    left: &mut Vec<Letter>,
+) -> Result<(), LocalError> {
+    // The DLQ ids replayed, and the messages sent back (id and target).
+    let mut done: HashSet<String> = HashSet::new();
+    let mut sent: HashSet<(MessageId, Address)> = HashSet::new();
     loop {
-        let mut picked = Vec::new();
-        let mut new = false;
-        for letter in receive_once(clients, url, kind).await? {
-            match done.left.iter_mut().find(|l| l.dlq_id == letter.dlq_id) {
-                // Left earlier and visible again (a run longer than SHOWN_FOR).
-                Some(seen) => seen.receipt = letter.receipt,
-                None => {
-                    new = true;
-                    let target = letter.envelope.as_ref().map(|e| &e.target);
-                    let again = letter.envelope.as_ref().is_some_and(|e| {
-                        done.messages
-                            .iter()
-                            .any(|m| m.id == e.id && m.target == e.target)
-                    });
-                    if target.is_some() && !again && selection.picks(target, &letter.reason) {
-                        picked.push(letter);
-                    } else {
-                        done.left.push(letter);
-                    }
+        let got = receive_once(clients, url, kind).await?;
+        if got.is_empty() {
+            return Ok(());
+        }
+        let (mut picked, mut copies, mut leave) = (Vec::new(), Vec::new(), Vec::new());
+        for letter in got {
+            if done.contains(&letter.dlq_id) {
+                // A standard queue's second copy of a letter already replayed.
+                copies.push(letter);
+            } else if let Some(seen) = left.iter_mut().find(|l| l.dlq_id == letter.dlq_id) {
+                seen.receipt = letter.receipt;
+            } else if picked.iter().any(|l: &Letter| l.dlq_id == letter.dlq_id) {
+                copies.push(letter);
+            } else {
+                let again = letter
+                    .envelope
+                    .as_ref()
+                    .is_some_and(|e| sent.contains(&(e.id.clone(), e.target.clone())));
+                let target = letter.envelope.as_ref().map(|e| &e.target);
+                if target.is_some() && !again && selection.picks(target, &letter.reason) {
+                    picked.push(letter);
+                } else {
+                    leave.push(letter);
                 }
             }
         }
-        if !new {
-            break;
+        if picked.is_empty() && copies.is_empty() && leave.is_empty() {
+            // Only letters left before, shown again: everything was seen.
+            return Ok(());
         }
-        if picked.is_empty() {
-            continue;
+        hide(clients, url, &leave, LEFT_FOR).await?;
+        left.append(&mut leave);
+        delete(clients, url, &copies).await?;
+        for chunk in by_size(&picked) {
+            let (ok, refused) = send_back(clients, config, kind, chunk).await?;
+            // Only what was sent leaves the DLQ; the rest shows again after SHOWN_FOR.
+            let gone: Vec<Letter> = chunk
+                .iter()
+                .filter(|l| ok.iter().any(|(id, _)| *id == l.dlq_id))
+                .cloned()
+                .collect();
+            delete(clients, url, &gone).await?;
+            done.extend(gone.into_iter().map(|l| l.dlq_id));
+            sent.extend(ok.iter().map(|(_, e)| (e.id.clone(), e.target.clone())));
+            replayed(&ok.into_iter().map(|(_, e)| e).collect::<Vec<_>>());
+            if let Some(reason) = refused {
+                return Err(failed("SendMessageBatch")(reason));
+            }
         }
-        let sent = send_back(clients, config, kind, &picked).await?;
-        delete(clients, url, &picked).await?;
-        done.messages.extend(sent);
-        progress(done.messages.len());
     }
-    release(clients, url, &done.left).await?;
-    Ok(done)
 }
 
-/// Sends letters (all with a message) back in one batch; the messages as sent.
+/// Letters in runs whose bodies fit one SQS request together (SQS's 256 KiB).
+fn by_size(letters: &[Letter]) -> Vec<&[Letter]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, letter) in letters.iter().enumerate() {
+        let size = letter.body.len() + 1024;
+        if i > start && bytes + size > statefun_aws::transport::MAX_SQS_BYTES {
+            chunks.push(&letters[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < letters.len() {
+        chunks.push(&letters[start..]);
+    }
+    chunks
+}
+
+/// Sends letters back in one batch: the ones sent (DLQ id and the message as sent) and,
+/// if SQS refused some, why.
 async fn send_back(
     clients: &Clients,
     config: &AwsConfig,
     dlq: Dlq,
     letters: &[Letter],
-) -> Result<Vec<Envelope>, LocalError> {
+) -> Result<(Vec<(String, Envelope)>, Option<String>), LocalError> {
     let build = |e: aws_sdk_sqs::error::BuildError| failed("SendMessageBatch")(e.to_string());
-    let mut sent = Vec::new();
+    let mut messages = Vec::new();
     let mut entries = Vec::new();
-    for (i, letter) in letters.iter().enumerate() {
+    for letter in letters {
         let Some(original) = &letter.envelope else {
             continue;
         };
-        let entry = SendMessageBatchRequestEntry::builder().id(i.to_string());
-        let entry = match dlq {
+        let i = messages.len().to_string();
+        let entry = SendMessageBatchRequestEntry::builder().id(i);
+        let (entry, envelope) = match dlq {
             Dlq::Inbox => {
                 let envelope = Envelope {
                     id: MessageId::Keyed(format!("replay:{}", letter.dlq_id)),
@@ -318,15 +377,15 @@ async fn send_back(
                     .message_body(statefun_aws::envelope::encode(&envelope))
                     .message_group_id(group_id(&envelope.target))
                     .message_deduplication_id(message_dedup_id(&envelope.id));
-                sent.push(envelope);
-                entry
+                (entry, envelope)
             }
-            Dlq::Delay => {
-                sent.push(original.clone());
-                entry.message_body(&letter.body)
-            }
+            Dlq::Delay => (entry.message_body(&letter.body), original.clone()),
         };
         entries.push(entry.build().map_err(build)?);
+        messages.push((letter.dlq_id.clone(), envelope));
+    }
+    if entries.is_empty() {
+        return Ok((Vec::new(), None));
     }
     let queue = match dlq {
         Dlq::Inbox => &config.inbox_url,
@@ -340,21 +399,28 @@ async fn send_back(
         .send()
         .await
         .map_err(|e| failed("SendMessageBatch")(sdk(e)))?;
-    if let Some(refused) = out.failed().first() {
-        // Nothing is deleted: a rerun sends the letters again, and the replay ids (or
-        // the timers' own) make them land once.
-        return Err(failed("SendMessageBatch")(format!(
+    let refused = out.failed().first().map(|f| {
+        format!(
             "entry {} refused: {} {}",
-            refused.id(),
-            refused.code(),
-            refused.message().unwrap_or_default()
-        )));
-    }
-    Ok(sent)
+            f.id(),
+            f.code(),
+            f.message().unwrap_or_default()
+        )
+    });
+    let ok = out
+        .successful()
+        .iter()
+        .filter_map(|s| s.id().parse::<usize>().ok())
+        .filter_map(|i| messages.get(i).cloned())
+        .collect();
+    Ok((ok, refused))
 }
 
-/// Deletes letters from the DLQ in one batch.
+/// Deletes letters from the DLQ in one batch (none: no request).
 async fn delete(clients: &Clients, url: &str, letters: &[Letter]) -> Result<(), LocalError> {
+    if letters.is_empty() {
+        return Ok(());
+    }
     let mut batch = clients.sqs.delete_message_batch().queue_url(url);
     for (i, letter) in letters.iter().enumerate() {
         batch = batch.entries(
@@ -425,4 +491,33 @@ pub async fn poll_egress(
             )
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(body_bytes: usize) -> Letter {
+        Letter {
+            dlq_id: "id".into(),
+            receipt: "r".into(),
+            body: "x".repeat(body_bytes),
+            envelope: None,
+            reason: String::new(),
+            handler: String::new(),
+            source_group: String::new(),
+            dead_lettered_at_ms: 0,
+            first_failure_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_replay_batch_stays_within_one_sqs_request() {
+        let big: Vec<Letter> = (0..5).map(|_| letter(100_000)).collect();
+        let sizes: Vec<usize> = by_size(&big).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 2, 1], "100 kB bodies: two to a 256 KiB request");
+        let small: Vec<Letter> = (0..10).map(|_| letter(100)).collect();
+        assert_eq!(by_size(&small).len(), 1, "ten small letters: one request");
+        assert!(by_size(&[]).is_empty());
+    }
 }

@@ -157,9 +157,10 @@ impl Metrics {
     /// (by record id) to `now_ms`. Failed records are left out: they come again and
     /// count then.
     pub fn lag_of(&self, since_ms: &[(String, u64)], failed: &[String], now_ms: u64) {
+        let failed: std::collections::HashSet<&str> = failed.iter().map(String::as_str).collect();
         if let Some(oldest) = since_ms
             .iter()
-            .filter(|(id, _)| !failed.contains(id))
+            .filter(|(id, _)| !failed.contains(id.as_str()))
             .map(|(_, at)| *at)
             .min()
         {

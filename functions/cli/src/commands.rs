@@ -75,7 +75,8 @@ pub(crate) enum DlqCommand {
     /// hidden for 30 s, and a FIFO group shows its first 10 (the rest are counted).
     List(DlqArgs),
     /// Put dead letters back into the inbox under fresh ids (replay:<dlq id>), so that
-    /// receivers apply them rather than drop them as seen; prints each replayed message.
+    /// receivers apply them rather than drop them as seen (with --queue delay: back on
+    /// the delay queue, unchanged); prints each replayed message.
     Replay(ReplayArgs),
 }
 
@@ -597,8 +598,9 @@ mod aws {
                 if unseen > 0 {
                     tracing::warn!(
                         unseen,
-                        "more letters wait behind the ones listed in their FIFO groups; \
-                         a replay reaches them"
+                        "about this many more letters were not shown: hidden by another \
+                         reader, or (on the inbox's FIFO DLQ) behind the ones listed in \
+                         their groups, which a replay reaches"
                     );
                 }
             }
@@ -608,23 +610,37 @@ mod aws {
                     reason: args.reason,
                 };
                 let bar = spinner("replaying dead letters");
-                let replayed =
-                    statefun_infra::ops::replay(&clients, &config, (kind, &url), &selection, |n| {
-                        bar.set_message(format!("{n} replayed"))
-                    })
-                    .await;
+                let mut count = 0;
+                let left = statefun_infra::ops::replay(
+                    &clients,
+                    &config,
+                    (kind, &url),
+                    &selection,
+                    |sent| {
+                        // Printed as sent: a run that fails later still says what went.
+                        bar.suspend(|| sent.iter().for_each(print_replayed));
+                        count += sent.len();
+                        bar.set_message(format!("{count} replayed"));
+                    },
+                )
+                .await;
                 bar.finish_and_clear();
-                let replayed = replayed?;
-                replayed.messages.iter().for_each(print_replayed);
-                let skipped = replayed
-                    .left
-                    .iter()
-                    .filter(|l| l.envelope.is_none())
-                    .count();
+                let left = left?;
+                let skipped = left.iter().filter(|l| l.envelope.is_none()).count();
                 if skipped > 0 {
                     tracing::warn!(
                         skipped,
                         "letters whose body is not a message envelope stay on the DLQ"
+                    );
+                }
+                let unseen = statefun_infra::ops::depth(&clients, &url)
+                    .await?
+                    .saturating_sub(left.len() as u64);
+                if unseen > 0 && kind == Dlq::Inbox {
+                    tracing::warn!(
+                        unseen,
+                        "about this many letters were not reached: they wait behind letters \
+                         left on the DLQ in their FIFO groups (or arrived meanwhile)"
                     );
                 }
             }

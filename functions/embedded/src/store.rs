@@ -132,11 +132,17 @@ where
     T: for<'de> Deserialize<'de>,
     Old: for<'de> Deserialize<'de> + Into<T>,
 {
+    let corrupt = |e: postcard::Error| EmbeddedError::Corrupt(format!("{what}: {e}"));
     match postcard::from_bytes::<T>(bytes) {
+        // An older record reads whole, or it is not one (a damaged newer one).
         Err(postcard::Error::DeserializeUnexpectedEnd) => {
-            decode::<Old>(what, bytes).map(Into::into)
+            match postcard::take_from_bytes::<Old>(bytes) {
+                Ok((old, [])) => Ok(old.into()),
+                Ok(_) => Err(corrupt(postcard::Error::DeserializeUnexpectedEnd)),
+                Err(e) => Err(corrupt(e)),
+            }
         }
-        decoded => decoded.map_err(|e| EmbeddedError::Corrupt(format!("{what}: {e}"))),
+        decoded => decoded.map_err(corrupt),
     }
 }
 
@@ -564,5 +570,7 @@ mod tests {
         let now = decode_letter(&letter_bytes).expect("a letter reads");
         assert_eq!(now.first_failure_ms, Some(1));
         assert!(decode_entry("inbox entry", &[0xff]).is_err());
+        let cut = &letter_bytes[..letter_bytes.len() - 1];
+        assert!(decode_letter(cut).is_err(), "a cut newer record is not an older one");
     }
 }
