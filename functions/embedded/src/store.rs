@@ -571,6 +571,9 @@ mod tests {
         assert_eq!(now.first_failure_ms, Some(1));
         assert!(decode_entry("inbox entry", &[0xff]).is_err());
         let cut = &letter_bytes[..letter_bytes.len() - 1];
-        assert!(decode_letter(cut).is_err(), "a cut newer record is not an older one");
+        assert!(
+            decode_letter(cut).is_err(),
+            "a cut newer record is not an older one"
+        );
     }
 }

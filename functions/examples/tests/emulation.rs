@@ -293,6 +293,25 @@ async fn egress_tail_prints_what_arrives_and_consumes_only_with_delete() {
     assert!(aws.take_all(&url).await.is_empty(), "consumed by --delete");
 }
 
+/// A deployment of the examples on moto, with an SDK client to it.
+async fn examples_on_moto() -> statefun_e2e::Aws {
+    let registry = statefun_examples::registry(statefun_examples::ExamplesConfig::default());
+    statefun_e2e::Aws::start(
+        statefun_e2e::Dynamo::Moto,
+        registry.expect("registry"),
+        &[],
+        &[],
+    )
+    .await
+}
+
+/// `statefun-lambda <args>` against `aws`'s deployment: its JSON lines and its stderr.
+fn run_on(aws: &statefun_e2e::Aws, args: &[&str]) -> (Vec<serde_json::Value>, String) {
+    let (ok, out, err) = tokio::task::block_in_place(|| cli_at(&aws.moto.url, &aws.prefix, args));
+    assert!(ok, "{err}");
+    (lines(&out), err)
+}
+
 /// A dead letter as the dispatcher writes it: the message's body and our attributes.
 async fn dead_letter(aws: &statefun_e2e::Aws, id: usize, group: &str) {
     let envelope = statefun_core::Envelope {
@@ -325,25 +344,13 @@ async fn dead_letter(aws: &statefun_e2e::Aws, id: usize, group: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_reaches_every_letter_of_a_fifo_group_and_a_listing_counts_the_rest() {
-    let aws = statefun_e2e::Aws::start(
-        statefun_e2e::Dynamo::Moto,
-        statefun_examples::registry(statefun_examples::ExamplesConfig::default())
-            .expect("registry"),
-        &[],
-        &[],
-    )
-    .await;
+    let aws = examples_on_moto().await;
     // More letters in one FIFO group than one receive returns: SQS shows a group's
     // later messages only once its earlier ones are deleted.
     for id in 0..23 {
         dead_letter(&aws, id, "example/counter/p").await;
     }
-    let run = |args: &[&str]| {
-        let (ok, out, err) =
-            tokio::task::block_in_place(|| cli_at(&aws.moto.url, &aws.prefix, args));
-        assert!(ok, "{err}");
-        (lines(&out), err)
-    };
+    let run = |args: &[&str]| run_on(&aws, args);
     let (listed, err) = run(&["dlq", "list"]);
     let unseen: usize = err
         .split("unseen=")
@@ -366,14 +373,7 @@ async fn a_replay_reaches_every_letter_of_a_fifo_group_and_a_listing_counts_the_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_delay_queues_dlq_is_listed_and_replayed_into_the_delay_queue_unchanged() {
-    let aws = statefun_e2e::Aws::start(
-        statefun_e2e::Dynamo::Moto,
-        statefun_examples::registry(statefun_examples::ExamplesConfig::default())
-            .expect("registry"),
-        &[],
-        &[],
-    )
-    .await;
+    let aws = examples_on_moto().await;
     let timer = statefun_aws::envelope::TimerMessage {
         due_at_ms: 1,
         token: None,
@@ -397,12 +397,7 @@ async fn the_delay_queues_dlq_is_listed_and_replayed_into_the_delay_queue_unchan
         .send()
         .await
         .expect("send");
-    let run = |args: &[&str]| {
-        let (ok, out, err) =
-            tokio::task::block_in_place(|| cli_at(&aws.moto.url, &aws.prefix, args));
-        assert!(ok, "{err}");
-        lines(&out)
-    };
+    let run = |args: &[&str]| run_on(&aws, args).0;
     let listed = run(&["dlq", "list", "--queue", "delay"]);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["address"], "example/counter/t");
