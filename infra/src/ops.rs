@@ -6,23 +6,25 @@
 //! DLQ, a source group shows its first 10 letters per listing (a group's later messages
 //! stay behind its received ones; [`depth`] says how many were not reached). A replay
 //! works a receive at a time, so deleting a group's replayed letters lets its next ones
-//! through, and no letter stays hidden longer than one pass. A tailed egress message
+//! through; what it leaves is released when it ends. A tailed egress message
 //! stays hidden for a while (30 s by default, as the AWS console's "poll for messages"
 //! does) unless deleted.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
 };
 use serde_json::{Value as Json, json};
+use statefun_core::ports::SystemClock;
 use statefun_core::{Address, Envelope, MessageId};
 
 use statefun_aws::config::AwsConfig;
-use statefun_aws::keys::{group_id, message_dedup_id};
-use statefun_aws::transport::Clients;
+use statefun_aws::metrics::Metrics;
+use statefun_aws::transport::{Clients, SqsTransport};
 
 use crate::local::LocalError;
 
@@ -276,6 +278,15 @@ async fn replay_passes(
     mut replayed: impl FnMut(&[Envelope]),
     left: &mut Vec<Letter>,
 ) -> Result<(), LocalError> {
+    let transport = SqsTransport::new(
+        clients.clone(),
+        config.inbox_url.clone(),
+        config.delay_url.clone(),
+        config.egress.clone(),
+        config.max_delay_hop,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::default()),
+    );
     // The DLQ ids replayed, and the messages sent back (id and target).
     let mut done: HashSet<String> = HashSet::new();
     let mut sent: HashSet<(MessageId, Address)> = HashSet::new();
@@ -313,107 +324,66 @@ async fn replay_passes(
         hide(clients, url, &leave, LEFT_FOR).await?;
         left.append(&mut leave);
         delete(clients, url, &copies).await?;
-        for chunk in by_size(&picked) {
-            let (ok, refused) = send_back(clients, config, kind, chunk).await?;
-            // Only what was sent leaves the DLQ; the rest shows again after SHOWN_FOR.
-            let gone: Vec<Letter> = chunk
-                .iter()
-                .filter(|l| ok.iter().any(|(id, _)| *id == l.dlq_id))
-                .cloned()
-                .collect();
-            delete(clients, url, &gone).await?;
-            done.extend(gone.into_iter().map(|l| l.dlq_id));
-            sent.extend(ok.iter().map(|(_, e)| (e.id.clone(), e.target.clone())));
-            replayed(&ok.into_iter().map(|(_, e)| e).collect::<Vec<_>>());
-            if let Some(reason) = refused {
-                return Err(failed("SendMessageBatch")(reason));
-            }
+        let (ok, refused) = send_back(&transport, kind, &picked).await;
+        // Only what was sent leaves the DLQ; the rest shows again after SHOWN_FOR.
+        let gone: Vec<Letter> = picked
+            .into_iter()
+            .filter(|l| ok.iter().any(|(id, _)| *id == l.dlq_id))
+            .collect();
+        delete(clients, url, &gone).await?;
+        done.extend(gone.into_iter().map(|l| l.dlq_id));
+        sent.extend(ok.iter().map(|(_, e)| (e.id.clone(), e.target.clone())));
+        replayed(&ok.into_iter().map(|(_, e)| e).collect::<Vec<_>>());
+        if let Some(reason) = refused {
+            return Err(failed("SendMessageBatch")(reason));
         }
     }
 }
 
-/// Letters in runs whose bodies fit one SQS request together (SQS's 256 KiB).
-fn by_size(letters: &[Letter]) -> Vec<&[Letter]> {
-    let mut chunks = Vec::new();
-    let (mut start, mut bytes) = (0, 0);
-    for (i, letter) in letters.iter().enumerate() {
-        let size = letter.body.len() + 1024;
-        if i > start && bytes + size > statefun_aws::transport::MAX_SQS_BYTES {
-            chunks.push(&letters[start..i]);
-            (start, bytes) = (i, 0);
-        }
-        bytes += size;
-    }
-    if start < letters.len() {
-        chunks.push(&letters[start..]);
-    }
-    chunks
-}
-
-/// Sends letters back in one batch: the ones sent (DLQ id and the message as sent) and,
-/// if SQS refused some, why.
+/// Sends the letters' messages back through the runtime's own transport (batched within
+/// SQS's limits, refused entries retried; a timer's delay from its due time): the DLQ ids
+/// and messages that went, and why any did not.
 async fn send_back(
-    clients: &Clients,
-    config: &AwsConfig,
+    transport: &SqsTransport,
     dlq: Dlq,
     letters: &[Letter],
-) -> Result<(Vec<(String, Envelope)>, Option<String>), LocalError> {
-    let build = |e: aws_sdk_sqs::error::BuildError| failed("SendMessageBatch")(e.to_string());
+) -> (Vec<(String, Envelope)>, Option<String>) {
+    if letters.is_empty() {
+        return (Vec::new(), None);
+    }
     let mut messages = Vec::new();
-    let mut entries = Vec::new();
-    for letter in letters {
-        let Some(original) = &letter.envelope else {
-            continue;
-        };
-        let i = messages.len().to_string();
-        let entry = SendMessageBatchRequestEntry::builder().id(i);
-        let (entry, envelope) = match dlq {
-            Dlq::Inbox => {
-                let envelope = Envelope {
-                    id: MessageId::Keyed(format!("replay:{}", letter.dlq_id)),
-                    ..original.clone()
-                };
-                let entry = entry
-                    .message_body(statefun_aws::envelope::encode(&envelope))
-                    .message_group_id(group_id(&envelope.target))
-                    .message_deduplication_id(message_dedup_id(&envelope.id));
-                (entry, envelope)
+    let errors = match dlq {
+        Dlq::Inbox => {
+            for letter in letters {
+                if let Some(original) = &letter.envelope {
+                    let envelope = Envelope {
+                        id: MessageId::Keyed(format!("replay:{}", letter.dlq_id)),
+                        ..original.clone()
+                    };
+                    messages.push((letter.dlq_id.clone(), envelope));
+                }
             }
-            Dlq::Delay => (entry.message_body(&letter.body), original.clone()),
-        };
-        entries.push(entry.build().map_err(build)?);
-        messages.push((letter.dlq_id.clone(), envelope));
-    }
-    if entries.is_empty() {
-        return Ok((Vec::new(), None));
-    }
-    let queue = match dlq {
-        Dlq::Inbox => &config.inbox_url,
-        Dlq::Delay => &config.delay_url,
+            let envelopes: Vec<Envelope> = messages.iter().map(|(_, e)| e.clone()).collect();
+            transport.send_to_inbox(&envelopes).await
+        }
+        Dlq::Delay => {
+            let mut timers = Vec::new();
+            for letter in letters {
+                if let Ok(timer) = statefun_aws::envelope::decode_timer(&letter.body) {
+                    messages.push((letter.dlq_id.clone(), timer.envelope.clone()));
+                    timers.push(timer);
+                }
+            }
+            transport.send_to_delay(&timers).await
+        }
     };
-    let out = clients
-        .sqs
-        .send_message_batch()
-        .queue_url(queue)
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(|e| failed("SendMessageBatch")(sdk(e)))?;
-    let refused = out.failed().first().map(|f| {
-        format!(
-            "entry {} refused: {} {}",
-            f.id(),
-            f.code(),
-            f.message().unwrap_or_default()
-        )
-    });
-    let ok = out
-        .successful()
-        .iter()
-        .filter_map(|s| s.id().parse::<usize>().ok())
-        .filter_map(|i| messages.get(i).cloned())
+    let refused = errors.iter().flatten().next().cloned();
+    let ok = messages
+        .into_iter()
+        .zip(errors)
+        .filter_map(|(message, error)| error.is_none().then_some(message))
         .collect();
-    Ok((ok, refused))
+    (ok, refused)
 }
 
 /// Deletes letters from the DLQ in one batch (none: no request).
@@ -491,33 +461,4 @@ pub async fn poll_egress(
             )
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn letter(body_bytes: usize) -> Letter {
-        Letter {
-            dlq_id: "id".into(),
-            receipt: "r".into(),
-            body: "x".repeat(body_bytes),
-            envelope: None,
-            reason: String::new(),
-            handler: String::new(),
-            source_group: String::new(),
-            dead_lettered_at_ms: 0,
-            first_failure_ms: None,
-        }
-    }
-
-    #[test]
-    fn a_replay_batch_stays_within_one_sqs_request() {
-        let big: Vec<Letter> = (0..5).map(|_| letter(100_000)).collect();
-        let sizes: Vec<usize> = by_size(&big).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [2, 2, 1], "100 kB bodies: two to a 256 KiB request");
-        let small: Vec<Letter> = (0..10).map(|_| letter(100)).collect();
-        assert_eq!(by_size(&small).len(), 1, "ten small letters: one request");
-        assert!(by_size(&[]).is_empty());
-    }
 }
