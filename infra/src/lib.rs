@@ -4,6 +4,8 @@
 //!   instance's state — the `provision`, `poll`, `send` and `state` commands;
 //! - [`ops`]: the dead-letter queue (list, replay) and egress queues (tail) — the
 //!   `dlq` and `egress` commands;
+//! - [`verify`]: read every record and queued body with this build's readers — the
+//!   `verify` command;
 //! - [`emulators`]: start and stop moto server and DynamoDB Local for tests and local
 //!   runs.
 //!
@@ -13,3 +15,4 @@
 pub mod emulators;
 pub mod local;
 pub mod ops;
+pub mod verify;

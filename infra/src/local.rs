@@ -16,7 +16,7 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, QueueAttributeName,
 };
 use serde_json::{Map, Value as Json, json};
-use statefun_core::{Address, Envelope, InstanceState, view};
+use statefun_core::{Address, Envelope, view};
 
 use statefun_aws::config::{AwsConfig, ConfigError};
 use statefun_aws::keys::{group_id, message_dedup_id, partition_key};
@@ -449,12 +449,10 @@ pub async fn state(
         .send()
         .await
         .map_err(|e| aws("GetItem")(sdk(e)))?;
-    let record = match out.item().and_then(|i| i.get("st")) {
-        Some(AttributeValue::B(b)) => Some(
-            InstanceState::from_bytes(b.as_ref())
-                .map_err(|e| LocalError::Corrupt(e.to_string()))?,
-        ),
-        _ => None,
-    };
+    let record = out
+        .item()
+        .map(statefun_aws::dynamo::instance_of_item)
+        .transpose()
+        .map_err(|e| LocalError::Corrupt(e.to_string()))?;
     Ok(view::state_json(address, record.as_ref(), now_ms))
 }

@@ -124,6 +124,11 @@ impl Letter {
         }
     }
 
+    /// The body as it is queued.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
     /// One line of `dlq list`.
     pub fn view(&self) -> Json {
         json!({
@@ -139,14 +144,19 @@ impl Letter {
     }
 }
 
-/// One receive: up to 10 letters, each hidden for [`SHOWN_FOR`] or until [`release`]d.
-async fn receive_once(clients: &Clients, url: &str, dlq: Dlq) -> Result<Vec<Letter>, LocalError> {
+/// One receive: up to 10 letters, each hidden for `hide` or until [`release`]d.
+async fn receive_once(
+    clients: &Clients,
+    url: &str,
+    dlq: Dlq,
+    hide: Duration,
+) -> Result<Vec<Letter>, LocalError> {
     let got = clients
         .sqs
         .receive_message()
         .queue_url(url)
         .max_number_of_messages(10)
-        .visibility_timeout(SHOWN_FOR.as_secs() as i32)
+        .visibility_timeout(hide.as_secs().max(1) as i32)
         .wait_time_seconds(1)
         .message_attribute_names("All")
         .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
@@ -167,12 +177,23 @@ pub async fn receive(
     clients: &Clients,
     url: &str,
     dlq: Dlq,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Letter>, LocalError> {
+    receive_hidden_for(clients, url, dlq, SHOWN_FOR, progress).await
+}
+
+/// [`receive`], each message hidden for `hide` (a live queue's messages for a moment).
+pub async fn receive_hidden_for(
+    clients: &Clients,
+    url: &str,
+    dlq: Dlq,
+    hide: Duration,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Letter>, LocalError> {
     let mut letters: Vec<Letter> = Vec::new();
     loop {
         let mut new = false;
-        for letter in receive_once(clients, url, dlq).await? {
+        for letter in receive_once(clients, url, dlq, hide).await? {
             // Seen before (a standard queue's second copy, or shown again): the newest
             // receipt is the one that releases it.
             match letters.iter_mut().find(|l| l.dlq_id == letter.dlq_id) {
@@ -291,7 +312,7 @@ async fn replay_passes(
     let mut done: HashSet<String> = HashSet::new();
     let mut sent: HashSet<(MessageId, Address)> = HashSet::new();
     loop {
-        let got = receive_once(clients, url, kind).await?;
+        let got = receive_once(clients, url, kind, SHOWN_FOR).await?;
         if got.is_empty() {
             return Ok(());
         }

@@ -106,12 +106,27 @@ impl DedupEntry {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
+        crate::format::Versioned::encode(self)
+    }
+
+    /// Reads an entry of `format` (a newer one is refused as newer).
+    pub fn from_bytes(format: u32, bytes: &[u8]) -> Result<Self, crate::format::FormatError> {
+        crate::format::Versioned::decode_format(format, bytes)
+    }
+}
+
+impl crate::format::Versioned for DedupEntry {
+    const WHAT: &'static str = "dedup entry";
+    /// Format 1: the postcard enum (d40e810).
+    const FORMAT: u32 = 1;
+
+    fn encode(&self) -> Vec<u8> {
         // Serde-derived data into a Vec: no failure mode.
         postcard::to_stdvec(self).expect("dedup entry serializes")
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::state::CorruptState> {
-        postcard::from_bytes(bytes).map_err(|e| crate::state::CorruptState(e.to_string()))
+    fn decode_current(format: u32, bytes: &[u8]) -> Result<Self, crate::format::FormatError> {
+        crate::format::postcard(Self::WHAT, format, bytes)
     }
 }
 

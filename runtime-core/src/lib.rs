@@ -8,6 +8,7 @@ pub mod builtin;
 pub mod context;
 pub mod dedup;
 pub mod failure;
+pub mod format;
 pub mod function;
 pub mod harness;
 pub mod ingress;

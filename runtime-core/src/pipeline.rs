@@ -268,8 +268,31 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
                 );
             }
         };
-        let mut loaded = match store.load(&addresses).await {
-            Ok(loaded) => loaded,
+        let (groups, mut loaded) = match store.load(&addresses).await {
+            Ok(loaded) => (groups, loaded),
+            // One address's record may be what failed (a newer build's format during a
+            // rolling deploy, a damaged item): each is loaded alone, so only its own
+            // messages wait. Extra reads only on a failed load.
+            Err(_) if groups.len() > 1 => {
+                let (mut kept, mut loaded) = (Vec::new(), Vec::new());
+                for (address, messages) in groups {
+                    match store.load(std::slice::from_ref(&address)).await {
+                        Ok(mut one) if one.len() == 1 => {
+                            loaded.push(one.remove(0));
+                            kept.push((address, messages));
+                        }
+                        Ok(_) => {
+                            let e = "the store answered for another number of addresses";
+                            unavailable(report, vec![(address, messages)], &e)
+                        }
+                        Err(e) => unavailable(report, vec![(address, messages)], &e),
+                    }
+                }
+                if kept.is_empty() {
+                    return Vec::new();
+                }
+                (kept, loaded)
+            }
             Err(e) => {
                 unavailable(report, groups, &e);
                 return Vec::new();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::dedup::Dedup;
+use crate::format::FormatError;
 use crate::message::{MessageId, OutboxEntry};
 use crate::value::TypedValue;
 
@@ -43,19 +44,32 @@ pub struct Failing {
     pub attempts: u32,
 }
 
-/// Stored bytes that are not an instance record.
-#[derive(Debug, thiserror::Error)]
-#[error("corrupt instance record: {0}")]
-pub struct CorruptState(pub(crate) String);
+impl crate::format::Versioned for InstanceState {
+    const WHAT: &'static str = "instance record";
+    /// Format 1: the postcard struct as written since the record gained `failing`
+    /// (d40e810 and every build before this version tag existed).
+    const FORMAT: u32 = 1;
 
-impl InstanceState {
-    pub fn to_bytes(&self) -> Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
         // Serializing owned, serde-derived data into a Vec has no failure mode.
         postcard::to_stdvec(self).expect("instance state serializes")
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CorruptState> {
-        postcard::from_bytes(bytes).map_err(|e| CorruptState(e.to_string()))
+    fn decode_current(format: u32, bytes: &[u8]) -> Result<Self, FormatError> {
+        crate::format::postcard(Self::WHAT, format, bytes)
+    }
+}
+
+impl InstanceState {
+    /// The record in today's format ([`InstanceState::FORMAT`](crate::format::Versioned::FORMAT)).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        crate::format::Versioned::encode(self)
+    }
+
+    /// Reads a record of `format` (an older one is migrated; a newer one is refused
+    /// as [`FormatError::Newer`]).
+    pub fn from_bytes(format: u32, bytes: &[u8]) -> Result<Self, FormatError> {
+        crate::format::Versioned::decode_format(format, bytes)
     }
 
     /// The earliest time a live cell expires, for TTL attributes and clean-up timers.

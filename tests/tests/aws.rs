@@ -942,6 +942,113 @@ async fn thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stay
     );
 }
 
+/// A rolling deploy: a newer build's record (`fv` 2) or body (`v` 2) is left for a
+/// retry — never dead-lettered, never overwritten — its group's later messages wait
+/// with it, every other address goes on, and `verify` names it.
+async fn a_newer_builds_record_or_body_is_left_for_a_retry(dynamo: Dynamo) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut aws = Aws::start_with(
+        dynamo,
+        examples(),
+        &[],
+        &[],
+        Arc::new(SystemClock),
+        statefun_infra::local::QueueSettings {
+            visibility_timeout: Duration::from_secs(1),
+            max_receive_count: 100,
+        },
+    )
+    .await;
+    let (newer, held, other) = (
+        Address::new(COUNTER, "newer"),
+        Address::new(COUNTER, "held"),
+        Address::new(COUNTER, "other"),
+    );
+    aws.send(newer.clone(), TypedValue::of(&1i64), "one").await;
+    aws.drain(Duration::from_millis(300)).await;
+    assert_eq!(count(&aws, &newer, "count").await, 1);
+    // The newer build rewrote the item in its format 2.
+    let key = statefun_aws::keys::partition_key(&newer);
+    let (dynamodb, table) = (aws.clients.dynamodb.clone(), aws.config.table.clone());
+    let get = || async {
+        dynamodb
+            .get_item()
+            .table_name(&table)
+            .key("pk", AttributeValue::S(key.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get")
+            .item
+            .expect("item")
+    };
+    let mut item = get().await;
+    assert_eq!(item.get("fv"), Some(&AttributeValue::N("1".into())));
+    item.insert("fv".into(), AttributeValue::N("2".into()));
+    aws.clients
+        .dynamodb
+        .put_item()
+        .table_name(&aws.config.table)
+        .set_item(Some(item.clone()))
+        .send()
+        .await
+        .expect("put");
+    aws.send(newer.clone(), TypedValue::of(&1i64), "two").await;
+    let body = envelope::encode(&ingress("v2", held.clone(), TypedValue::of(&1i64)))
+        .replace("\"v\":1", "\"v\":2");
+    aws.clients
+        .sqs
+        .send_message()
+        .queue_url(&aws.config.inbox_url)
+        .message_body(body)
+        .message_group_id(statefun_aws::keys::group_id(&held))
+        .message_deduplication_id("v2")
+        .send()
+        .await
+        .expect("send");
+    aws.send(held.clone(), TypedValue::of(&1i64), "behind")
+        .await;
+    aws.send(other.clone(), TypedValue::of(&1i64), "other")
+        .await;
+    // A few receives (each after the 1 s visibility timeout), far below SQS's own
+    // redrive, which is the backstop behind a rollout that never completes.
+    for _ in 0..4 {
+        aws.poll_inbox().await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert_eq!(count(&aws, &other, "count").await, 1, "the rest goes on");
+    assert_eq!(get().await, item, "the newer record is not overwritten");
+    assert_eq!(
+        count(&aws, &held, "count").await,
+        0,
+        "held behind the newer body"
+    );
+    let letters = aws.take_all(&aws.config.dlq_url).await;
+    assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
+    let found = statefun_infra::verify::table(&aws.clients, &aws.config.table, |_| {})
+        .await
+        .expect("verify");
+    assert_eq!(found.undecodable.len(), 1, "{found:?}");
+    assert_eq!(found.undecodable[0].key, key);
+    assert!(found.undecodable[0].reason.contains("newer"), "{found:?}");
+    // The rollout goes back to format 1 (what this build reads): the message applies.
+    item.insert("fv".into(), AttributeValue::N("1".into()));
+    aws.clients
+        .dynamodb
+        .put_item()
+        .table_name(&aws.config.table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("put");
+    aws.drain(Duration::from_millis(1500)).await;
+    assert_eq!(
+        count(&aws, &newer, "count").await,
+        2,
+        "applied once it reads"
+    );
+}
+
 /// Every scenario runs twice: all on moto, and with the state table on AWS's DynamoDB
 /// Local (SQS and SNS on moto).
 macro_rules! on_both {
@@ -980,4 +1087,5 @@ on_both!(
     timers_sharing_a_token_and_a_timer_delivered_twice_in_one_batch_go_through,
     an_instance_deleted_as_ttl_would_keeps_its_messages_and_egress_ids_unique,
     thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stays_bounded,
+    a_newer_builds_record_or_body_is_left_for_a_retry,
 );

@@ -13,7 +13,7 @@
 //!   in order. Store and transport failures are never dead-lettered: the commit may have
 //!   landed, and the redelivery is what re-sends its outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -162,6 +162,9 @@ impl Dispatcher {
         let mut failed: Vec<String> = Vec::new();
         let mut received: Vec<Received> = Vec::new();
         let mut sent_at: Vec<(String, u64)> = Vec::new();
+        // Groups held back behind a newer build's message: their later messages wait
+        // with it, in order.
+        let mut held: HashSet<String> = HashSet::new();
         for record in event.records {
             let sent = crate::sent_timestamp(&record);
             let first_received_ms = crate::first_received(&record);
@@ -170,7 +173,18 @@ impl Dispatcher {
                 sent_at.push((record_id.clone(), sent));
             }
             let body = record.body.unwrap_or_default();
+            let group = record.attributes.get("MessageGroupId").cloned();
+            if group.as_ref().is_some_and(|g| held.contains(g)) {
+                failed.push(record_id);
+                continue;
+            }
             match envelope::decode(&body) {
+                // A rolling deploy: a newer build reads it; never dead-lettered.
+                Err(e) if e.is_newer() => {
+                    warn!(record = %record_id, reason = %e, "left for a newer build");
+                    held.extend(group);
+                    failed.push(record_id);
+                }
                 Ok(envelope) => received.push(Received {
                     record_id,
                     body,
@@ -178,11 +192,7 @@ impl Dispatcher {
                     first_received_ms,
                 }),
                 Err(e) => {
-                    let group = record
-                        .attributes
-                        .get("MessageGroupId")
-                        .cloned()
-                        .unwrap_or_else(|| "undecodable".into());
+                    let group = group.unwrap_or_else(|| "undecodable".into());
                     let sent = self
                         .dead_letters
                         .send(

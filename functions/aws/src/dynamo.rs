@@ -7,13 +7,14 @@
 //! | `pk` | S | `<len of type>:<namespace/type>/<id>` ([`partition_key`]) |
 //! | `ft`, `fid` | S | function type and id, for people reading the table |
 //! | `v` | N | the instance version; every commit is conditional on it |
-//! | `st` | B | the instance record: cells, dedup record, last inputs and outbox (postcard) |
+//! | `st` | B | the instance record: cells, dedup record, last inputs and outbox, in format `fv` ([`InstanceState`]'s [`Versioned`] formats) |
+//! | `fv` | N | the format of the item's record (`st`, `d`, or a cancellation's `cv`/`ci`); absent = 1, as written before it existed |
 //! | `ttl` | N | epoch seconds after which the item may go ([`InstanceState::delete_after_ms`]): set only when every cell expires, and never before the dedup retention has passed |
 //!
 //! Two more kinds of items share the table, each written in the same transaction as
 //! the instance commit that makes it:
 //! - cancellations of delayed messages, `pk = cancel:…` ([`crate::keys::cancel_key`]),
-//!   `cv`/`ci` = the cancel's position, kept 366 days: the timer forwarder drops a
+//!   `cv`/`ci` = the cancel's position (`fv` 1), kept 366 days: the timer forwarder drops a
 //!   timer issued before it. Written with the commit, a cancel is in effect from then,
 //!   however late the outbox runs;
 //! - dedup entries spilled out of an instance record, `pk = dedup:…`
@@ -41,6 +42,7 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem,
 };
 use statefun_core::dedup::{DedupEntry, DedupKey};
+use statefun_core::format::{FormatError, Versioned};
 use statefun_core::ports::{Clock, CommitError, StateStore, StoreError};
 use statefun_core::{Address, Commit, InstanceState, LimitError, Precondition, RetryPolicy};
 
@@ -55,7 +57,8 @@ const MAX_BATCH_GET: usize = 100;
 /// How long a cancellation is honoured: delayed messages may hop for this long.
 const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
-pub(crate) type Item = HashMap<String, AttributeValue>;
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
 
 #[derive(Clone)]
 pub struct DynamoStore {
@@ -110,6 +113,98 @@ fn write_units(item: &Item, transactional: bool) -> u64 {
     if transactional { 2 * units } else { units }
 }
 
+/// The format attribute of an item.
+const FORMAT: &str = "fv";
+
+fn format_attribute(format: u32) -> (String, AttributeValue) {
+    (FORMAT.to_string(), AttributeValue::N(format.to_string()))
+}
+
+/// The format an item's record is in: its `fv`, or 1 for items written before `fv`.
+fn item_format(item: &Item) -> Result<u32, FormatError> {
+    match item.get(FORMAT) {
+        None => Ok(1),
+        Some(AttributeValue::N(n)) => n.parse().map_err(|_| FormatError::Corrupt {
+            what: "item",
+            format: 0,
+            reason: format!("fv = {n:?} is not a format number"),
+        }),
+        Some(other) => Err(FormatError::Corrupt {
+            what: "item",
+            format: 0,
+            reason: format!("fv is not a number: {other:?}"),
+        }),
+    }
+}
+
+/// Reads the record of a versioned item from its attribute `attribute`.
+fn item_record<T: Versioned>(item: &Item, attribute: &str) -> Result<T, FormatError> {
+    let format = item_format(item)?;
+    match item.get(attribute) {
+        Some(AttributeValue::B(bytes)) => T::decode_format(format, bytes.as_ref()),
+        // A newer format may keep its record elsewhere: say so before anything else.
+        _ if format > T::FORMAT => T::decode_format(format, &[]),
+        _ => Err(FormatError::Corrupt {
+            what: T::WHAT,
+            format,
+            reason: format!("the item has no binary {attribute}"),
+        }),
+    }
+}
+
+/// The instance record of a state item.
+pub fn instance_of_item(item: &Item) -> Result<InstanceState, FormatError> {
+    item_record(item, "st")
+}
+
+/// The dedup entry of a spilled-entry item.
+pub fn dedup_of_item(item: &Item) -> Result<DedupEntry, FormatError> {
+    item_record(item, "d")
+}
+
+/// Where a cancellation item's cancel was issued.
+pub fn cancel_of_item(item: &Item) -> Result<statefun_core::Issued, FormatError> {
+    const WHAT: &str = "cancellation";
+    let format = item_format(item)?;
+    if format > 1 {
+        return Err(FormatError::Newer {
+            what: WHAT,
+            found: format,
+            newest: 1,
+        });
+    }
+    let number = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+        _ => None,
+    };
+    match (
+        number("cv"),
+        number("ci").and_then(|i| u32::try_from(i).ok()),
+    ) {
+        (Some(version), Some(index)) => Ok(statefun_core::Issued { version, index }),
+        _ => Err(FormatError::Corrupt {
+            what: WHAT,
+            format,
+            reason: "cv and ci must be numbers".into(),
+        }),
+    }
+}
+
+/// Reads whatever record an item of the table holds, by its key: an instance record, a
+/// spilled dedup entry or a cancellation (`verify`).
+pub fn check_item(item: &Item) -> Result<(), FormatError> {
+    match item.get("pk") {
+        Some(AttributeValue::S(pk)) if pk.starts_with("cancel:") => cancel_of_item(item).map(drop),
+        Some(AttributeValue::S(pk)) if pk.starts_with("dedup:") => dedup_of_item(item).map(drop),
+        Some(AttributeValue::S(_)) => instance_of_item(item).map(drop),
+        _ => Err(FormatError::Corrupt {
+            what: "item",
+            format: 0,
+            reason: "no string pk".into(),
+        }),
+    }
+}
+
 fn store_error(what: &str, e: impl std::error::Error) -> StoreError {
     StoreError(format!("{what}: {}", DisplayErrorContext(e)))
 }
@@ -145,7 +240,7 @@ impl DynamoStore {
             + commit.address.id.len()
             + commit.address.function_type.as_str().len()
             + st.len()
-            + 64;
+            + 68;
         if size > MAX_ITEM_BYTES {
             return Err(LimitError {
                 address: commit.address.clone(),
@@ -171,6 +266,7 @@ impl DynamoStore {
                 AttributeValue::N(commit.state.version.to_string()),
             ),
             ("st".to_string(), AttributeValue::B(Blob::new(st))),
+            format_attribute(InstanceState::FORMAT),
         ]);
         if let Some(ttl) = commit.delete_after_ms {
             item.insert(
@@ -193,6 +289,7 @@ impl DynamoStore {
                 ),
                 ("cv".into(), AttributeValue::N(issued.version.to_string())),
                 ("ci".into(), AttributeValue::N(issued.index.to_string())),
+                format_attribute(1),
                 ("ttl".into(), AttributeValue::N(cancel_ttl.to_string())),
             ])
         });
@@ -203,6 +300,7 @@ impl DynamoStore {
                     AttributeValue::S(dedup_key(&commit.address, &s.entry.key())),
                 ),
                 ("d".into(), AttributeValue::B(Blob::new(s.entry.to_bytes()))),
+                format_attribute(DedupEntry::FORMAT),
                 (
                     "ttl".into(),
                     AttributeValue::N(s.expires_at_ms.div_ceil(1000).to_string()),
@@ -453,10 +551,10 @@ impl StateStore for DynamoStore {
             .map(|k| {
                 found
                     .remove(k)
-                    .map(|item| match item.get("st") {
-                        Some(AttributeValue::B(st)) => InstanceState::from_bytes(st.as_ref())
-                            .map_err(|e| StoreError(format!("{k}: {e}"))),
-                        _ => Err(StoreError(format!("{k}: state item without st"))),
+                    .map(|item| {
+                        // A newer build's record (a rolling deploy) fails the batch as
+                        // unavailable: retried, never dead-lettered, never overwritten.
+                        instance_of_item(&item).map_err(|e| StoreError(format!("{k}: {e}")))
                     })
                     .transpose()
             })
@@ -477,10 +575,8 @@ impl StateStore for DynamoStore {
             .map(|keys| {
                 keys.iter()
                     .filter_map(|k| found.get(k).map(|item| (k, item)))
-                    .map(|(k, item)| match item.get("d") {
-                        Some(AttributeValue::B(d)) => DedupEntry::from_bytes(d.as_ref())
-                            .map_err(|e| StoreError(format!("{k}: {e}"))),
-                        _ => Err(StoreError(format!("{k}: dedup item without d"))),
+                    .map(|(k, item)| {
+                        dedup_of_item(item).map_err(|e| StoreError(format!("{k}: {e}")))
                     })
                     .collect()
             })

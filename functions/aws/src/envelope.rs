@@ -23,10 +23,46 @@ use statefun_core::{Address, Envelope, Issued, MessageId, TypeName, TypedValue};
 
 pub const VERSION: u32 = 1;
 
-/// A body that is not a version-1 envelope; says what is wrong.
+/// A body this build cannot read; says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("undecodable message envelope: {0}")]
-pub struct EnvelopeError(pub String);
+pub enum EnvelopeError {
+    /// Not an envelope of a version it claims (poison: dead-lettered).
+    #[error("undecodable message envelope: {0}")]
+    Malformed(String),
+    /// Written by a newer build (a rolling deploy): left for a build that reads it,
+    /// never dead-lettered.
+    #[error(
+        "message envelope in version {found}, newer than this build reads (up to {VERSION}): \
+         left for a build that reads it"
+    )]
+    Newer { found: u32 },
+}
+
+impl EnvelopeError {
+    pub fn is_newer(&self) -> bool {
+        matches!(self, EnvelopeError::Newer { .. })
+    }
+}
+
+/// Only the version of a body: read first, so a newer body of any shape is known as
+/// newer, not as malformed.
+#[derive(Deserialize)]
+struct WireVersion {
+    v: u32,
+}
+
+/// Checks a body's version before its shape.
+fn check_version(body: &str) -> Result<(), EnvelopeError> {
+    let WireVersion { v } =
+        serde_json::from_str(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    match v {
+        VERSION => Ok(()),
+        v if v > VERSION => Err(EnvelopeError::Newer { found: v }),
+        v => Err(EnvelopeError::Malformed(format!(
+            "unsupported envelope version {v}"
+        ))),
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct WireAddress {
@@ -86,7 +122,7 @@ fn wire_address(a: &Address) -> WireAddress {
 
 fn address(w: WireAddress, field: &str) -> Result<Address, EnvelopeError> {
     let t = TypeName::parse(w.function_type)
-        .map_err(|e| EnvelopeError(format!("{field}.type: {e}")))?;
+        .map_err(|e| EnvelopeError::Malformed(format!("{field}.type: {e}")))?;
     Ok(Address::new(t, w.id))
 }
 
@@ -110,8 +146,8 @@ fn to_wire(e: &Envelope) -> WireEnvelope {
 
 fn from_wire(w: WireEnvelope) -> Result<Envelope, EnvelopeError> {
     if w.v != VERSION {
-        return Err(EnvelopeError(format!(
-            "unsupported envelope version {}",
+        return Err(EnvelopeError::Malformed(format!(
+            "the message inside is in version {}",
             w.v
         )));
     }
@@ -123,13 +159,13 @@ fn from_wire(w: WireEnvelope) -> Result<Envelope, EnvelopeError> {
         },
         WireId::Keyed { key } => MessageId::Keyed(key),
     };
-    let typename =
-        TypeName::parse(w.typename).map_err(|e| EnvelopeError(format!("typename: {e}")))?;
+    let typename = TypeName::parse(w.typename)
+        .map_err(|e| EnvelopeError::Malformed(format!("typename: {e}")))?;
     let value = w
         .value
         .map(|v| STANDARD.decode(v))
         .transpose()
-        .map_err(|e| EnvelopeError(format!("value: not base64: {e}")))?;
+        .map_err(|e| EnvelopeError::Malformed(format!("value: not base64: {e}")))?;
     Ok(Envelope {
         id,
         target: address(w.target, "target")?,
@@ -146,8 +182,9 @@ pub fn encode(envelope: &Envelope) -> String {
 
 /// Decodes an envelope body.
 pub fn decode(body: &str) -> Result<Envelope, EnvelopeError> {
+    check_version(body)?;
     let wire: WireEnvelope =
-        serde_json::from_str(body).map_err(|e| EnvelopeError(e.to_string()))?;
+        serde_json::from_str(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     from_wire(wire)
 }
 
@@ -163,13 +200,9 @@ pub fn encode_timer(timer: &TimerMessage) -> String {
 }
 
 pub fn decode_timer(body: &str) -> Result<TimerMessage, EnvelopeError> {
-    let wire: WireTimer = serde_json::from_str(body).map_err(|e| EnvelopeError(e.to_string()))?;
-    if wire.v != VERSION {
-        return Err(EnvelopeError(format!(
-            "unsupported envelope version {}",
-            wire.v
-        )));
-    }
+    check_version(body)?;
+    let wire: WireTimer =
+        serde_json::from_str(body).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
     Ok(TimerMessage {
         due_at_ms: wire.due_at_ms,
         token: wire.token,
@@ -226,11 +259,32 @@ mod tests {
     fn bad_envelopes_say_what_is_wrong() {
         assert!(decode("not json").is_err());
         let e = sample(MessageId::Keyed("k".into()), Some(vec![1]));
-        let body = encode(&e).replace("\"v\":1", "\"v\":7");
-        assert!(decode(&body).unwrap_err().0.contains("version 7"));
         let body = encode(&e).replace("example/greeter", "nogreeter");
-        assert!(decode(&body).unwrap_err().0.contains("target.type"));
+        assert!(
+            decode(&body)
+                .unwrap_err()
+                .to_string()
+                .contains("target.type")
+        );
         let body = encode(&e).replace("\"AQ==\"", "\"@@\"");
-        assert!(decode(&body).unwrap_err().0.contains("base64"));
+        assert!(decode(&body).unwrap_err().to_string().contains("base64"));
+        let body = encode(&e).replace("\"v\":1", "\"v\":0");
+        assert!(!decode(&body).unwrap_err().is_newer());
+    }
+
+    /// A newer build's body, whatever its shape, is newer (retried), not malformed
+    /// (dead-lettered).
+    #[test]
+    fn a_newer_body_is_known_as_newer() {
+        let e = sample(MessageId::Keyed("k".into()), Some(vec![1]));
+        let body = encode(&e).replace("\"v\":1", "\"v\":7");
+        let err = decode(&body).unwrap_err();
+        assert!(
+            err.is_newer() && err.to_string().contains("version 7"),
+            "{err}"
+        );
+        let reshaped = r#"{"v":2,"message":{"whatever":true}}"#;
+        assert!(decode(reshaped).unwrap_err().is_newer());
+        assert!(decode_timer(reshaped).unwrap_err().is_newer());
     }
 }

@@ -11,13 +11,12 @@ use std::sync::Arc;
 
 use crate::envelope::{self, TimerMessage};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_sdk_dynamodb::types::AttributeValue;
 use statefun_core::ports::Clock;
 use statefun_core::{Envelope, Issued};
 use tracing::debug;
 
 use crate::dead_letter::DeadLetters;
-use crate::dynamo::{DynamoStore, Item};
+use crate::dynamo::DynamoStore;
 use crate::keys::cancel_key;
 use crate::metrics::Metrics;
 use crate::transport::SqsTransport;
@@ -35,13 +34,6 @@ impl std::fmt::Debug for TimerForwarder {
         f.debug_struct("TimerForwarder")
             .field("table", &self.store.table())
             .finish_non_exhaustive()
-    }
-}
-
-fn number(item: &Item, name: &str) -> Option<u64> {
-    match item.get(name) {
-        Some(AttributeValue::N(n)) => n.parse().ok(),
-        _ => None,
     }
 }
 
@@ -90,14 +82,15 @@ impl TimerForwarder {
             .batch_get(&keys)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(items
+        // A cancellation that does not read (a newer build's, a damaged one) is an
+        // error, never "not cancelled": the timers come again.
+        items
             .into_iter()
-            .filter_map(|(pk, item)| {
-                let version = number(&item, "cv")?;
-                let index = number(&item, "ci")? as u32;
-                Some((pk, Issued { version, index }))
+            .map(|(pk, item)| match crate::dynamo::cancel_of_item(&item) {
+                Ok(issued) => Ok((pk, issued)),
+                Err(e) => Err(format!("{pk}: {e}")),
             })
-            .collect())
+            .collect()
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -117,6 +110,8 @@ impl TimerForwarder {
                     due.push((id, t));
                 }
                 Ok(t) => hop.push((id, t)),
+                // A newer build's body (a rolling deploy): for a build that reads it.
+                Err(e) if e.is_newer() => failed.push(id),
                 Err(e) => {
                     if self
                         .dead_letters

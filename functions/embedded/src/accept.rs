@@ -208,7 +208,7 @@ impl Acceptor {
                             attempts: 0,
                             first_failed_ms: None,
                         };
-                        inbox.insert(s, store::encode(&entry).as_slice())?;
+                        inbox.insert(s, store::record(&entry).as_slice())?;
                         if let Some((key, target, digest)) = keyed {
                             keys.insert(
                                 (target.as_slice(), key.as_str()),

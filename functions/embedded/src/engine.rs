@@ -115,7 +115,7 @@ impl Tables<'_> {
             attempts: 0,
             first_failed_ms: None,
         };
-        self.inbox.insert(s, store::encode(&entry).as_slice())?;
+        self.inbox.insert(s, store::record(&entry).as_slice())?;
         delta.new_inbox.push((s, entry));
         Ok(s)
     }
@@ -145,7 +145,7 @@ impl Tables<'_> {
                         envelope: envelope.clone(),
                         token: cancellation_token.clone(),
                     };
-                    self.timers.insert(key, store::encode(&timer).as_slice())?;
+                    self.timers.insert(key, store::record(&timer).as_slice())?;
                     if let (Some(token), Some(sender)) = (cancellation_token, &envelope.caller) {
                         self.tokens
                             .insert(store::token_key(sender, token).as_slice(), key)?;
@@ -182,7 +182,7 @@ impl Tables<'_> {
         let removed = self
             .timers
             .remove((key.0, key.1.as_str()))?
-            .map(|bytes| store::decode::<TimerEntry>("timer", bytes.value()))
+            .map(|bytes| store::read::<TimerEntry>(&"timer", bytes.value()))
             .transpose()?;
         if let Some(timer) = removed {
             if let (Some(token), Some(sender)) = (&timer.token, &timer.envelope.caller) {
@@ -479,10 +479,7 @@ impl Engine {
             let table = txn.open_table(STATE)?;
             for address in misses {
                 let state = match table.get(store::address_key(address).as_slice())? {
-                    Some(bytes) => Some(
-                        InstanceState::from_bytes(bytes.value())
-                            .map_err(|e| EmbeddedError::Corrupt(format!("{address}: {e}")))?,
-                    ),
+                    Some(bytes) => Some(store::read::<InstanceState>(address, bytes.value())?),
                     None => None,
                 };
                 self.cache.insert(address.clone(), state);
@@ -629,7 +626,7 @@ impl Engine {
                         // An accepted row moves into the engine's inbox with its count.
                         tables
                             .inbox
-                            .insert(culprit, store::encode(&entry).as_slice())?;
+                            .insert(culprit, store::record(&entry).as_slice())?;
                         if self.accepted.contains(&culprit) {
                             settled.push(culprit);
                         }
@@ -665,7 +662,7 @@ impl Engine {
                     at_ms: now,
                     first_failure_ms: Some(*first_failed),
                 };
-                letters.insert(culprit, store::encode(&letter).as_slice())?;
+                letters.insert(culprit, store::record(&letter).as_slice())?;
             }
             txn.open_table(META)?
                 .insert(NEXT_SEQ, seqs.load(Ordering::SeqCst))?;
@@ -854,13 +851,16 @@ impl Engine {
                 }
                 if let Some(commit) = &outcome.commit {
                     let key = store::address_key(&commit.address);
-                    let record = commit.state.to_bytes();
+                    let record = store::record(&commit.state);
                     self.metrics.record_bytes.observe(record.len() as f64);
                     states.insert(key.as_slice(), record.as_slice())?;
                     for spilled in &commit.spill {
                         dedup.insert(
                             (key.as_slice(), spilled.entry.key().to_key_string().as_str()),
-                            (spilled.entry.to_bytes().as_slice(), spilled.expires_at_ms),
+                            (
+                                store::record(&spilled.entry).as_slice(),
+                                spilled.expires_at_ms,
+                            ),
                         )?;
                     }
                     for entry in commit.outbox() {

@@ -33,12 +33,15 @@ use tracing::warn;
 mod accept;
 mod engine;
 pub mod ingress;
+mod layout;
 mod metrics;
 mod store;
+mod verify;
 
 pub use engine::HTTP_INGRESS;
 pub use metrics::Metrics;
 pub use store::DeadLetter;
+pub use verify::{Report as VerifyReport, TableReport, Undecodable, verify_at};
 
 use accept::{Accept, Acceptor};
 use engine::{Command, Engine, IngressRequest};
@@ -51,6 +54,9 @@ pub enum EmbeddedError {
     Database(#[from] redb::Error),
     #[error("corrupt record in the data dir: {0}")]
     Corrupt(String),
+    /// The data dir cannot be used as it is: what, where and what to do.
+    #[error("{path}: {why}")]
+    Refused { path: String, why: String },
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
     #[error("egress output failed: {0}")]

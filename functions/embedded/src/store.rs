@@ -19,6 +19,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 use statefun_core::dedup::{DedupEntry, DedupKey};
+use statefun_core::format::{FormatError, Versioned};
 use statefun_core::{Address, Envelope, InstanceState, MessageId};
 
 use crate::EmbeddedError;
@@ -60,7 +61,7 @@ pub(crate) struct InboxEntry {
 /// An inbox entry as written before `first_failed_ms`.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct InboxEntryV0 {
+pub(crate) struct InboxEntryV0 {
     envelope: Envelope,
     attempts: u32,
 }
@@ -96,7 +97,7 @@ pub struct DeadLetter {
 /// A dead letter as written before `first_failure_ms`.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct DeadLetterV0 {
+pub(crate) struct DeadLetterV0 {
     envelope: Envelope,
     reason: String,
     at_ms: u64,
@@ -113,21 +114,51 @@ impl From<DeadLetterV0> for DeadLetter {
     }
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serde-derived records into a Vec: no failure mode.
-    postcard::to_stdvec(value).expect("record serializes")
+/// Format 1 of the embedded records: their postcard structs as d40e810 wrote them.
+macro_rules! postcard_format_1 {
+    ($t:ty, $what:literal) => {
+        impl Versioned for $t {
+            const WHAT: &'static str = $what;
+            const FORMAT: u32 = 1;
+            fn encode(&self) -> Vec<u8> {
+                // Serde-derived records into a Vec: no failure mode.
+                postcard::to_stdvec(self).expect("record serializes")
+            }
+            fn decode_current(format: u32, bytes: &[u8]) -> Result<Self, FormatError> {
+                statefun_core::format::postcard(Self::WHAT, format, bytes)
+            }
+        }
+    };
+}
+postcard_format_1!(InboxEntry, "inbox entry");
+postcard_format_1!(TimerEntry, "timer");
+postcard_format_1!(DeadLetter, "dead letter");
+
+/// A record as this layout stores it: its format, then its bytes
+/// ([`statefun_core::format::to_tagged`]).
+pub(crate) fn record<T: Versioned>(value: &T) -> Vec<u8> {
+    statefun_core::format::to_tagged(value)
 }
 
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
-    what: &str,
+/// Reads a stored record; `at` says where it is, for the error.
+pub(crate) fn read<T: Versioned>(
+    at: &dyn std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, EmbeddedError> {
-    postcard::from_bytes(bytes).map_err(|e| EmbeddedError::Corrupt(format!("{what}: {e}")))
+    statefun_core::format::from_tagged(bytes)
+        .map_err(|e| EmbeddedError::Corrupt(format!("{at}: {e}")))
 }
 
-/// Decodes a record whose type gained a field at its end since `Old`: postcard writes
-/// no field names, so a record written before simply ends early, and reads as `Old`.
-fn decode_evolved<T, Old>(what: &str, bytes: &[u8]) -> Result<T, EmbeddedError>
+/// Keys: postcard tuples, fixed by the layout ([`crate::layout`]).
+fn encode_key<T: Serialize>(value: &T) -> Vec<u8> {
+    // Tuples of strings into a Vec: no failure mode.
+    postcard::to_stdvec(value).expect("key serializes")
+}
+
+/// Decodes an untagged record of layouts 0 and 1 whose type gained a field at its end
+/// since `Old`: postcard writes no field names, so a record written before simply
+/// ends early, and reads as `Old`.
+pub(crate) fn decode_untagged<T, Old>(what: &str, bytes: &[u8]) -> Result<T, EmbeddedError>
 where
     T: for<'de> Deserialize<'de>,
     Old: for<'de> Deserialize<'de> + Into<T>,
@@ -146,88 +177,37 @@ where
     }
 }
 
-pub(crate) fn decode_entry(what: &str, bytes: &[u8]) -> Result<InboxEntry, EmbeddedError> {
-    decode_evolved::<InboxEntry, InboxEntryV0>(what, bytes)
-}
-
-fn decode_letter(bytes: &[u8]) -> Result<DeadLetter, EmbeddedError> {
-    decode_evolved::<DeadLetter, DeadLetterV0>("dead letter", bytes)
-}
-
 pub(crate) fn address_key(address: &Address) -> Vec<u8> {
-    encode(&(address.function_type.as_str(), address.id.as_str()))
+    encode_key(&(address.function_type.as_str(), address.id.as_str()))
+}
+
+/// An address key as people read it (`namespace/type/id`).
+pub(crate) fn show_address_key(key: &[u8]) -> String {
+    match postcard::from_bytes::<(&str, &str)>(key) {
+        Ok((function_type, id)) => format!("{function_type}/{id}"),
+        Err(_) => format!("{key:?}"),
+    }
 }
 
 pub(crate) fn token_key(sender: &Address, token: &str) -> Vec<u8> {
-    encode(&(sender.function_type.as_str(), sender.id.as_str(), token))
+    encode_key(&(sender.function_type.as_str(), sender.id.as_str(), token))
 }
 
 pub(crate) fn timer_id(id: &MessageId) -> String {
     id.to_string()
 }
 
-/// The engine's file in a data dir.
-const MAIN_FILE: &str = "statefun.redb";
-/// The accept thread's file in a data dir.
-const ACCEPTED_FILE: &str = "accepted.redb";
-
-/// Opens (or creates) the data dir's two files and their tables: the engine's, then
-/// the accept thread's.
+/// Opens (or creates, or migrates) a data dir's two files ([`crate::layout`]).
 pub(crate) fn open(data_dir: &Path) -> Result<(Database, Database), EmbeddedError> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| EmbeddedError::Io(data_dir.display().to_string(), e))?;
-    let db = Database::create(data_dir.join(MAIN_FILE))?;
-    let txn = db.begin_write()?;
-    txn.open_table(STATE)?;
-    txn.open_table(DEDUP)?;
-    txn.open_table(INBOX)?;
-    txn.open_table(TIMERS)?;
-    txn.open_multimap_table(TIMER_TOKENS)?;
-    txn.open_table(DEAD_LETTERS)?;
-    txn.open_table(META)?;
-    txn.commit()?;
-    let accepted = Database::create(data_dir.join(ACCEPTED_FILE))?;
-    let txn = accepted.begin_write()?;
-    txn.open_table(INBOX)?;
-    txn.open_table(INGRESS_KEYS)?;
-    txn.open_table(META)?;
-    txn.commit()?;
-    Ok((db, accepted))
+    crate::layout::open(data_dir)
+}
+
+/// Opens a data dir's engine file for a reader, refusing one a running runtime holds.
+pub(crate) fn open_existing(data_dir: &Path) -> Result<Database, EmbeddedError> {
+    Ok(crate::layout::open_existing(data_dir)?.0)
 }
 
 /// Reads one instance record.
-/// Opens a data dir's engine file, refusing one a running runtime holds.
-pub(crate) fn open_existing(data_dir: &Path) -> Result<Database, EmbeddedError> {
-    open_file(data_dir, MAIN_FILE)?.ok_or_else(|| {
-        EmbeddedError::Io(
-            data_dir.display().to_string(),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no statefun-lambda data here (statefun.redb)",
-            ),
-        )
-    })
-}
-
-/// Opens one of a data dir's files if it is there, refusing one a running runtime
-/// holds.
-fn open_file(data_dir: &Path, file: &str) -> Result<Option<Database>, EmbeddedError> {
-    let path = data_dir.join(file);
-    if !path.exists() {
-        return Ok(None);
-    }
-    Database::open(&path).map(Some).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => EmbeddedError::Io(
-            data_dir.display().to_string(),
-            std::io::Error::new(
-                std::io::ErrorKind::ResourceBusy,
-                "a running runtime has it open: ask it, GET /{namespace}/{type}/{id}",
-            ),
-        ),
-        other => EmbeddedError::Database(other.into()),
-    })
-}
-
 pub(crate) fn read_state(
     db: &Database,
     address: &Address,
@@ -237,10 +217,7 @@ pub(crate) fn read_state(
     let Some(bytes) = table.get(address_key(address).as_slice())? else {
         return Ok(None);
     };
-    Ok(Some(
-        InstanceState::from_bytes(bytes.value())
-            .map_err(|e| EmbeddedError::Corrupt(e.to_string()))?,
-    ))
+    Ok(Some(read(address, bytes.value())?))
 }
 
 /// Everything the engine keeps in memory, read back at start-up.
@@ -277,7 +254,10 @@ pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, E
     let mut inbox: BTreeMap<u64, InboxEntry> = BTreeMap::new();
     for row in txn.open_table(INBOX)?.iter()? {
         let (seq, bytes) = row?;
-        inbox.insert(seq.value(), decode_entry("inbox entry", bytes.value())?);
+        inbox.insert(
+            seq.value(),
+            read(&format!("inbox row {}", seq.value()), bytes.value())?,
+        );
     }
     let letters = txn.open_table(DEAD_LETTERS)?;
     let (mut rows, mut stale) = (Vec::new(), Vec::new());
@@ -287,7 +267,7 @@ pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, E
         if inbox.contains_key(&seq) || letters.get(seq)?.is_some() {
             stale.push(seq);
         } else {
-            inbox.insert(seq, decode_entry("accepted entry", bytes.value())?);
+            inbox.insert(seq, read(&format!("accepted row {seq}"), bytes.value())?);
             rows.push(seq);
         }
     }
@@ -313,7 +293,10 @@ pub(crate) fn dead_letters(db: &Database) -> Result<Vec<(u64, DeadLetter)>, Embe
     let mut out = Vec::new();
     for row in txn.open_table(DEAD_LETTERS)?.iter()? {
         let (seq, bytes) = row?;
-        out.push((seq.value(), decode_letter(bytes.value())?));
+        out.push((
+            seq.value(),
+            read(&format!("dead letter {}", seq.value()), bytes.value())?,
+        ));
     }
     Ok(out)
 }
@@ -326,8 +309,7 @@ pub(crate) fn replay(
     data_dir: &Path,
     select: impl Fn(&DeadLetter) -> bool,
 ) -> Result<Vec<Envelope>, EmbeddedError> {
-    let db = open_existing(data_dir)?;
-    let accepted = open_file(data_dir, ACCEPTED_FILE)?;
+    let (db, accepted) = crate::layout::open_existing(data_dir)?;
     let picked: Vec<(u64, DeadLetter)> = dead_letters(&db)?
         .into_iter()
         .filter(|(_, letter)| select(letter))
@@ -364,7 +346,7 @@ pub(crate) fn replay(
                 attempts: 0,
                 first_failed_ms: None,
             };
-            inbox.insert(seq, encode(&entry).as_slice())?;
+            inbox.insert(seq, record(&entry).as_slice())?;
             letters.remove(row)?;
             seq += 1;
             replayed.push(envelope);
@@ -388,8 +370,7 @@ pub(crate) fn read_dedup(
         let mut found = Vec::new();
         for key in keys {
             if let Some(row) = table.get((a.as_slice(), key.to_key_string().as_str()))? {
-                let entry = DedupEntry::from_bytes(row.value().0)
-                    .map_err(|e| EmbeddedError::Corrupt(format!("{address}: {e}")))?;
+                let entry = read(address, row.value().0)?;
                 found.push(entry);
             }
         }
@@ -446,7 +427,7 @@ mod tests {
     }
 
     fn letter(id: &str) -> Vec<u8> {
-        encode(&DeadLetter {
+        record(&DeadLetter {
             envelope: entry(id, 1).envelope,
             reason: "poison".into(),
             at_ms: 1,
@@ -465,18 +446,18 @@ mod tests {
             &accepted,
             INBOX,
             &[
-                (5, encode(&entry("retried", 0))),
-                (6, encode(&entry("dead", 0))),
-                (7, encode(&entry("pending", 0))),
-                (12, encode(&entry("settled later", 0))),
+                (5, record(&entry("retried", 0))),
+                (6, record(&entry("dead", 0))),
+                (7, record(&entry("pending", 0))),
+                (12, record(&entry("settled later", 0))),
             ],
         );
         put(
             &db,
             INBOX,
             &[
-                (5, encode(&entry("retried", 2))),
-                (9, encode(&entry("own", 0))),
+                (5, record(&entry("retried", 2))),
+                (9, record(&entry("own", 0))),
             ],
         );
         put(&db, DEAD_LETTERS, &[(6, letter("dead"))]);
@@ -512,7 +493,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (db, accepted) = open(dir.path()).expect("open");
-            put(&accepted, INBOX, &[(6, encode(&entry("dead", 0)))]);
+            put(&accepted, INBOX, &[(6, record(&entry("dead", 0)))]);
             put(&db, DEAD_LETTERS, &[(6, letter("dead"))]);
         }
         let registry = statefun_examples::registry(Default::default()).expect("registry");
@@ -532,7 +513,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (db, accepted) = open(dir.path()).expect("open");
-            put(&accepted, INBOX, &[(6, encode(&entry("dead", 0)))]);
+            put(&accepted, INBOX, &[(6, record(&entry("dead", 0)))]);
             put(&db, DEAD_LETTERS, &[(6, letter("dead"))]);
         }
         let replayed = replay(dir.path(), |_| true).expect("replay");
@@ -552,27 +533,31 @@ mod tests {
     #[test]
     fn records_written_before_a_field_was_added_still_read() {
         let old = entry("k", 3);
-        let v0 = encode(&InboxEntryV0 {
+        let v0 = postcard::to_stdvec(&InboxEntryV0 {
             envelope: old.envelope.clone(),
             attempts: 3,
-        });
-        let read = decode_entry("inbox entry", &v0).expect("an older entry reads");
-        assert_eq!((read.attempts, read.first_failed_ms), (3, None));
+        })
+        .expect("serializes");
+        let older = decode_untagged::<InboxEntry, InboxEntryV0>("inbox entry", &v0)
+            .expect("an older entry reads");
+        assert_eq!((older.attempts, older.first_failed_ms), (3, None));
         let letter_bytes = letter("k");
-        let letter = encode(&DeadLetterV0 {
+        let letter = postcard::to_stdvec(&DeadLetterV0 {
             envelope: old.envelope,
             reason: "poison".into(),
             at_ms: 7,
-        });
-        let read = decode_letter(&letter).expect("an older letter reads");
-        assert_eq!((read.at_ms, read.first_failure_ms), (7, None));
+        })
+        .expect("serializes");
+        let older = decode_untagged::<DeadLetter, DeadLetterV0>("dead letter", &letter)
+            .expect("an older letter reads");
+        assert_eq!((older.at_ms, older.first_failure_ms), (7, None));
         // Today's records read as they are, and a damaged one is still refused.
-        let now = decode_letter(&letter_bytes).expect("a letter reads");
+        let now: DeadLetter = read(&"letter", &letter_bytes).expect("a letter reads");
         assert_eq!(now.first_failure_ms, Some(1));
-        assert!(decode_entry("inbox entry", &[0xff]).is_err());
-        let cut = &letter_bytes[..letter_bytes.len() - 1];
+        assert!(read::<InboxEntry>(&"entry", &[1, 0xff]).is_err());
+        let cut = &letter_bytes[1..letter_bytes.len() - 1];
         assert!(
-            decode_letter(cut).is_err(),
+            decode_untagged::<DeadLetter, DeadLetterV0>("dead letter", cut).is_err(),
             "a cut newer record is not an older one"
         );
     }
