@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::function::FunctionError;
+use crate::function::{FunctionError, StoredStateError};
 use crate::spec::{StateSpec, ValueSpec};
 use crate::state::Cell;
 use crate::typename::{Address, TypeName};
-use crate::value::{TypedValue, ValueType};
+use crate::value::{DecodeError, TypedValue, ValueType};
 
 /// An effect requested by one invocation, before the commit gives it an id.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,13 +123,25 @@ impl<'a> Context<'a> {
         self.declared(spec.name(), &T::typename())?;
         match self.get_value(spec.name())? {
             None => Ok(None),
-            Some(v) => Ok(Some(v.decode::<T>().map_err(|_| {
-                FunctionError::StateTypeMismatch {
-                    name: spec.name().to_string(),
-                    declared: T::typename(),
-                    actual: v.typename.clone(),
-                }
-            })?)),
+            Some(v) => match v.decode::<T>() {
+                Ok(value) => Ok(Some(value)),
+                Err(DecodeError::WrongType { expected, actual }) => Err(
+                    FunctionError::StoredState(Box::new(StoredStateError::Type {
+                        address: self.address.clone(),
+                        name: spec.name().to_string(),
+                        stored: actual,
+                        declared: expected,
+                    })),
+                ),
+                Err(e) => Err(FunctionError::StoredState(Box::new(
+                    StoredStateError::Malformed {
+                        address: self.address.clone(),
+                        name: spec.name().to_string(),
+                        typename: v.typename.clone(),
+                        reason: e.to_string(),
+                    },
+                ))),
+            },
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::context::Context;
 use crate::spec::StateSpec;
-use crate::typename::{InvalidTypeName, TypeName};
+use crate::typename::{Address, InvalidTypeName, TypeName};
 use crate::value::{DecodeError, TypedValue};
 
 /// Why an invocation failed. Retryable failures are retried through the queue (or the
@@ -28,8 +28,37 @@ pub enum FunctionError {
         declared: TypeName,
         actual: TypeName,
     },
+    /// A stored value the function cannot read as its declaration says.
+    #[error(transparent)]
+    StoredState(Box<StoredStateError>),
     #[error("a cancellation token must not be empty")]
     EmptyCancellationToken,
+}
+
+/// A stored state value a function cannot read: never read as something else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoredStateError {
+    /// Of another type than the state's declaration (an older build of the function
+    /// wrote it).
+    #[error(
+        "state {name:?} of {address} holds a {stored} value, but the function declares \
+         {declared}: written by an older build of the function? Read it with \
+         Context::get_value and write the new type (docs/DESIGN.md, \"Migrating user state\")"
+    )]
+    Type {
+        address: Address,
+        name: String,
+        stored: TypeName,
+        declared: TypeName,
+    },
+    /// Of the declared type, with bytes that do not decode as it.
+    #[error("state {name:?} of {address} does not decode as its {typename}: {reason}")]
+    Malformed {
+        address: Address,
+        name: String,
+        typename: TypeName,
+        reason: String,
+    },
 }
 
 impl FunctionError {

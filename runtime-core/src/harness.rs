@@ -74,6 +74,13 @@ impl Harness {
         }
     }
 
+    /// Deploys a new build of the functions over the same state, as an upgrade does:
+    /// test a changed [`ValueSpec`] and its migration before it meets production data.
+    pub fn upgrade(&mut self, registry: Registry) -> &mut Self {
+        self.registry = registry;
+        self
+    }
+
     pub fn with_config(mut self, config: BatchConfig) -> Self {
         self.config = config;
         self

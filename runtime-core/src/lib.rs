@@ -30,7 +30,7 @@ pub use batch::{
 };
 pub use context::{Context, Effect};
 pub use failure::{FailureKind, RetryPolicy, Verdict};
-pub use function::{FunctionError, Registry, RegistryError, StatefulFunction};
+pub use function::{FunctionError, Registry, RegistryError, StatefulFunction, StoredStateError};
 pub use harness::Harness;
 pub use message::{EgressRecord, Envelope, Issued, MessageId, OutboxEntry};
 pub use spec::{Expiration, StateSpec, ValueSpec};

@@ -484,3 +484,52 @@ fn verify_reads_every_record_of_the_older_data_dirs() {
         assert!(copies(dir.path()).is_empty(), "verify never migrates");
     }
 }
+
+/// Idempotency keys are forgotten by age while the runtime runs, not only at its next
+/// start: a key past its retention is free again (a new message under it is accepted),
+/// one within it still answers with its first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_forgotten_by_age_while_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let registry = statefun_examples::registry(Default::default()).expect("registry");
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.ingress_key_retention = Duration::from_secs(3600);
+    let runtime = Runtime::start_with_clock(registry, config, Box::new(Discard), clock.clone())
+        .expect("start");
+    let h = runtime.handle();
+    let a = address("example/counter", "keys");
+    let old = h
+        .submit(a.clone(), TypedValue::of(&1_i64), Some("old".into()))
+        .await
+        .expect("accepted");
+    clock.advance(Duration::from_secs(1800));
+    let young = h
+        .submit(a.clone(), TypedValue::of(&2_i64), Some("young".into()))
+        .await
+        .expect("accepted");
+    clock.advance(Duration::from_secs(1900));
+    // The accept thread prunes on its own schedule: wait for the key to go by its
+    // effect, as long as the old key is still refused for another message.
+    let mut reused = h
+        .submit(a.clone(), TypedValue::of(&5_i64), Some("old".into()))
+        .await;
+    let mut tries = 0;
+    while matches!(reused, Err(EmbeddedError::KeyReused(_))) {
+        tries += 1;
+        assert!(tries < 10_000, "the old key is never forgotten");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        reused = h
+            .submit(a.clone(), TypedValue::of(&5_i64), Some("old".into()))
+            .await;
+    }
+    let fresh = reused.expect("a forgotten key takes a new message");
+    assert_ne!(fresh, old);
+    let again = h
+        .submit(a.clone(), TypedValue::of(&2_i64), Some("young".into()))
+        .await
+        .expect("answered");
+    assert_eq!(again, young, "a key within its retention is still honoured");
+    drop(h);
+    runtime.shutdown().expect("shutdown");
+}

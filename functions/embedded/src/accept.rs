@@ -74,15 +74,24 @@ impl Acceptor {
     /// Accepts until shut down (or every handle is gone). `settled` are rows to remove
     /// at once (found stale at start-up).
     pub(crate) fn run(self, rx: Receiver<Accept>, mut settled: Vec<u64>) {
-        if let Err(e) = self.prune_keys() {
-            error!(reason = %e, "forgetting expired idempotency keys failed");
-        }
+        // Keys are forgotten by age while running, a sixteenth of the retention late at
+        // most: the file stays bounded by the traffic of one retention, however long
+        // the runtime runs.
+        let prune_every = (self.key_retention / 16).max(Duration::from_millis(10));
+        let mut next_prune_ms = 0;
         // Requests received and not yet accepted (held back while the engine is full).
         let mut waiting: Vec<IngressRequest> = Vec::new();
         // Since when a commit's removals are in memory only.
         let mut unflushed: Option<Instant> = None;
         let mut open = true;
         while open {
+            let now = self.clock.now_ms();
+            if now >= next_prune_ms {
+                if let Err(e) = self.prune_keys() {
+                    error!(reason = %e, "forgetting expired idempotency keys failed");
+                }
+                next_prune_ms = now.saturating_add(prune_every.as_millis() as u64);
+            }
             let full = self.metrics.inbox_depth.get() > MAX_QUEUED;
             let wait = if !settled.is_empty() {
                 Some(Duration::ZERO)
@@ -91,10 +100,8 @@ impl Acceptor {
             } else {
                 unflushed.map(|since| self.flush_within.saturating_sub(since.elapsed()))
             };
-            let first = match wait {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(wait) => rx.recv_timeout(wait),
-            };
+            // Wakes for the next prune even when nothing arrives.
+            let first = rx.recv_timeout(wait.map_or(prune_every, |w| w.min(prune_every)));
             // Every handle gone counts as a shutdown.
             let first = match first {
                 Ok(message) => Some(message),
@@ -134,13 +141,15 @@ impl Acceptor {
         }
     }
 
-    /// Forgets idempotency keys older than the retention.
+    /// Forgets idempotency keys older than the retention (a removal lost to a crash is
+    /// made again: no fsync of its own).
     fn prune_keys(&self) -> Result<(), EmbeddedError> {
         let horizon = self
             .clock
             .now_ms()
             .saturating_sub(self.key_retention.as_millis() as u64);
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
         store::prune_ingress_keys(&txn, horizon)?;
         txn.commit()?;
         Ok(())
