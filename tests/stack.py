@@ -3,8 +3,10 @@
 stack.py post API ENDPOINT signed|unsigned     < one JSON request per line
 stack.py load API ENDPOINT TABLE PER_SECOND    < one JSON request per line
 
-A request is {"path": "example/counter/a", "type": "<content type>", "body": "..."}
-and, for `load`, "pk": the state item that shows it applied. `post` prints
+A request is {"path": "example/counter/a", "type": "<content type>", "body": "..."},
+optionally "key" (sent as Idempotency-Key: `load` then retries it until it is answered
+202, as a client does, which applies it once), and, for `load`, "pk": the state item
+that shows it applied. `post` prints
 {"status", "body"} per request; `load` sends signed requests paced at PER_SECOND while
 another thread polls TABLE for the items, and prints {"sent", "status", "seen"} per
 request (seconds since the epoch; "seen" null if never within two minutes).
@@ -28,6 +30,8 @@ def post(api, request, signed):
     url = f"{api}/{request['path']}"
     body = request["body"].encode()
     headers = {"Content-Type": request["type"]}
+    if "key" in request:
+        headers["Idempotency-Key"] = request["key"]
     if signed:
         signed_request = AWSRequest(method="POST", url=url, data=body, headers=headers)
         SigV4Auth(SESSION.get_credentials(), "execute-api", "us-east-1").add_auth(signed_request)
@@ -82,6 +86,12 @@ def load(api, endpoint, table, per_second, requests):
         with lock:
             waiting.add(request["pk"])
         status, _ = post(api, request, True)
+        # A keyed request is retried until accepted (a deploy may refuse it meanwhile).
+        retries = 0
+        while "key" in request and status != 202 and retries < 600:
+            retries += 1
+            time.sleep(0.2)
+            status, _ = post(api, request, True)
         results.append((request["pk"], sent, status))
     done.set()
     watcher.join()

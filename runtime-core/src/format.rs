@@ -54,6 +54,12 @@ pub trait Versioned: Sized {
     /// The record in format [`Self::FORMAT`].
     fn encode(&self) -> Vec<u8>;
 
+    /// The record in `format`, if this build writes it (a rolling deploy writes the
+    /// previous release's format until told otherwise).
+    fn encode_as(&self, format: u32) -> Option<Vec<u8>> {
+        (format == Self::FORMAT).then(|| self.encode())
+    }
+
     /// Reads a record of `format` (`1..=FORMAT`): each older format is migrated to
     /// today's value.
     fn decode_current(format: u32, bytes: &[u8]) -> Result<Self, FormatError>;

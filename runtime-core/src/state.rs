@@ -44,18 +44,49 @@ pub struct Failing {
     pub attempts: u32,
 }
 
+/// The marker of the test-only format 2 (`test-format-2`): format 1's bytes behind it,
+/// which a format-1 reader cannot take for a record.
+#[cfg(feature = "test-format-2")]
+const FORMAT_2_MARKER: &[u8] = b"\xF2statefun-format-2";
+
 impl crate::format::Versioned for InstanceState {
     const WHAT: &'static str = "instance record";
     /// Format 1: the postcard struct as written since the record gained `failing`
     /// (d40e810 and every build before this version tag existed).
+    #[cfg(not(feature = "test-format-2"))]
     const FORMAT: u32 = 1;
+    #[cfg(feature = "test-format-2")]
+    const FORMAT: u32 = 2;
 
     fn encode(&self) -> Vec<u8> {
         // Serializing owned, serde-derived data into a Vec has no failure mode.
-        postcard::to_stdvec(self).expect("instance state serializes")
+        let bytes = postcard::to_stdvec(self).expect("instance state serializes");
+        #[cfg(feature = "test-format-2")]
+        let bytes = [FORMAT_2_MARKER, &bytes].concat();
+        bytes
+    }
+
+    #[cfg(feature = "test-format-2")]
+    fn encode_as(&self, format: u32) -> Option<Vec<u8>> {
+        match format {
+            1 => postcard::to_stdvec(self).ok(),
+            2 => Some(self.encode()),
+            _ => None,
+        }
     }
 
     fn decode_current(format: u32, bytes: &[u8]) -> Result<Self, FormatError> {
+        #[cfg(feature = "test-format-2")]
+        if format == 2 {
+            let body = bytes
+                .strip_prefix(FORMAT_2_MARKER)
+                .ok_or_else(|| FormatError::Corrupt {
+                    what: Self::WHAT,
+                    format,
+                    reason: "no format-2 marker".into(),
+                })?;
+            return crate::format::postcard(Self::WHAT, format, body);
+        }
         crate::format::postcard(Self::WHAT, format, bytes)
     }
 }

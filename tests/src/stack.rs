@@ -53,6 +53,9 @@ pub struct Stack {
     pub ministack: MiniStack,
     dir: tempfile::TempDir,
     binary: PathBuf,
+    options: Options,
+    /// `sam deploy --parameter-overrides` of the first deploy.
+    parameters: Vec<String>,
     pub prefix: String,
     /// `…/_aws/execute-api/<api>/$default`.
     pub api: String,
@@ -77,6 +80,8 @@ impl Stack {
             ministack,
             dir,
             binary: binary.to_path_buf(),
+            options: options.clone(),
+            parameters: Vec::new(),
             prefix: prefix.to_string(),
             api: String::new(),
             egress: String::new(),
@@ -93,40 +98,54 @@ impl Stack {
             .to_string()
             .replace('"', "\\\"")
         );
-        stack.tool(
-            &tools().join(".venv-deploy/bin/sam"),
-            &[
-                "deploy",
-                "--template-file",
-                "template.yaml",
-                "--stack-name",
-                prefix,
-                "--capabilities",
-                "CAPABILITY_IAM",
-                "CAPABILITY_AUTO_EXPAND",
-                "--resolve-s3",
-                "--no-confirm-changeset",
-                "--parameter-overrides",
-                &format!("Prefix={prefix}"),
-                "HttpAuth=IAM",
-                "Architecture=x86_64",
-                &format!(
-                    "EgressRoutes=example/greets=sqs:{egress},example/basket-events=sqs:{egress}"
-                ),
-                &format!("EgressQueueArn={egress_arn}"),
-                &format!("IngressQueueArn={people_arn}"),
-                &ingress_routes,
-            ],
-        );
-        let status =
-            json(&stack.aws(&["cloudformation", "describe-stacks", "--stack-name", prefix]));
-        assert_eq!(
-            status["Stacks"][0]["StackStatus"], "CREATE_COMPLETE",
-            "{status}"
-        );
+        stack.parameters = vec![
+            format!("Prefix={prefix}"),
+            "HttpAuth=IAM".into(),
+            "Architecture=x86_64".into(),
+            format!("EgressRoutes=example/greets=sqs:{egress},example/basket-events=sqs:{egress}"),
+            format!("EgressQueueArn={egress_arn}"),
+            format!("IngressQueueArn={people_arn}"),
+            ingress_routes,
+        ];
+        stack.sam_deploy(&[], "CREATE_COMPLETE");
         stack.egress = egress;
         stack.people = people;
-        stack.api = stack
+        stack.fix_up();
+        stack
+    }
+
+    /// `sam deploy` of the laid-out template with the stack's parameters and
+    /// `overrides`; the stack must reach `status`.
+    fn sam_deploy(&self, overrides: &[&str], status: &str) {
+        let mut args = vec![
+            "deploy",
+            "--template-file",
+            "template.yaml",
+            "--stack-name",
+            &self.prefix,
+            "--capabilities",
+            "CAPABILITY_IAM",
+            "CAPABILITY_AUTO_EXPAND",
+            "--resolve-s3",
+            "--no-confirm-changeset",
+            "--no-fail-on-empty-changeset",
+            "--parameter-overrides",
+        ];
+        args.extend(self.parameters.iter().map(String::as_str));
+        args.extend(overrides);
+        self.tool(&tools().join(".venv-deploy/bin/sam"), &args);
+        let described = json(&self.aws(&[
+            "cloudformation",
+            "describe-stacks",
+            "--stack-name",
+            &self.prefix,
+        ]));
+        assert_eq!(described["Stacks"][0]["StackStatus"], status, "{described}");
+    }
+
+    /// `infra/ministack-fixups.sh` (idempotent), which also says the API's URL.
+    fn fix_up(&mut self) {
+        self.api = self
             .tool(
                 Path::new("bash"),
                 &[
@@ -134,12 +153,27 @@ impl Stack {
                         .join("infra/ministack-fixups.sh")
                         .to_str()
                         .expect("path"),
-                    prefix,
+                    &self.prefix,
                 ],
             )
             .trim()
             .to_string();
-        stack
+    }
+
+    /// `sam deploy` of another build over the running stack, as an upgrade or a
+    /// rollback does: `binary` as every function's code, the first deploy's parameters
+    /// with `overrides` (`Name=value`). The stack keeps serving while it updates.
+    pub fn redeploy(&mut self, binary: &Path, overrides: &[&str]) {
+        self.binary = binary.to_path_buf();
+        let options = self.options.clone();
+        self.lay_out(&options);
+        self.sam_deploy(overrides, "UPDATE_COMPLETE");
+        self.fix_up();
+    }
+
+    /// The build whose code the functions run now (and whose CLI `state` uses).
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// Runs a command the way a user would against this MiniStack: `AWS_ENDPOINT_URL`
@@ -266,18 +300,14 @@ impl Stack {
     /// time (seconds since the epoch), status and the time its address's state
     /// (`table` item of `pk`) was first seen, as `stack.py load` reports them.
     pub fn load(&self, requests: &[Json], per_second: f64) -> Vec<Json> {
-        let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
-        self.python(
-            "load",
-            &[&format!("{}-state", self.prefix), &per_second.to_string()],
-            &input,
-        )
-        .lines()
-        .map(json)
-        .collect()
+        self.load_in_background(requests, per_second).results()
     }
 
     fn python(&self, command: &str, args: &[&str], input: &str) -> String {
+        self.spawn_python(command, args, input).output()
+    }
+
+    fn spawn_python(&self, command: &str, args: &[&str], input: &str) -> Running {
         use std::io::Write;
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("stack.py");
         let mut child = Command::new(ministack_venv().join("bin/python"))
@@ -299,9 +329,21 @@ impl Stack {
             .expect("stdin")
             .write_all(input.as_bytes())
             .expect("write requests");
-        let out = child.wait_with_output().expect("python");
-        assert!(out.status.success(), "stack.py {command} failed");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        Running {
+            child,
+            command: command.to_string(),
+        }
+    }
+
+    /// [`Stack::load`] in the background: the requests go on while the caller does
+    /// something else to the stack (a redeploy); [`Running::results`] waits for them.
+    pub fn load_in_background(&self, requests: &[Json], per_second: f64) -> Running {
+        let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
+        self.spawn_python(
+            "load",
+            &[&format!("{}-state", self.prefix), &per_second.to_string()],
+            &input,
+        )
     }
 
     /// `statefun-lambda state` of one address of the deployed stack.
@@ -435,5 +477,25 @@ impl Stack {
                 })
             })
             .collect()
+    }
+}
+
+/// A `stack.py` run in the background.
+#[derive(Debug)]
+pub struct Running {
+    child: std::process::Child,
+    command: String,
+}
+
+impl Running {
+    fn output(self) -> String {
+        let out = self.child.wait_with_output().expect("python");
+        assert!(out.status.success(), "stack.py {} failed", self.command);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Waits for a `load`: one line per request, as [`Stack::load`] returns them.
+    pub fn results(self) -> Vec<Json> {
+        self.output().lines().map(json).collect()
     }
 }

@@ -159,6 +159,7 @@ impl Parts<'_> {
             metrics.clone(),
             self.clock.clone(),
         )
+        .writing_format(self.config.store_format)
     }
 
     /// The dispatcher, with its own request accounting (as every handler below).

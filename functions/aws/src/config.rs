@@ -13,6 +13,7 @@
 //! | `STATEFUN_CONFLICT_RETRIES` | re-runs of an address after a version conflict, per batch | 3 |
 //! | `STATEFUN_MAX_DELAY_HOP_SECONDS` | longest delay of one hop through the delay queue (SQS: ≤ 900) | 900 |
 //! | `STATEFUN_DEDUP_RETENTION_SECONDS` | how long dedup records are kept | 1,252,800 (14 d + 12 h) |
+//! | `STATEFUN_STORE_FORMAT` | the instance-record format this build writes (template: `StoreWriteFormat`); during a rolling deploy the previous release's, until every running build reads the newer ([`statefun_core::format`]) | 1 |
 //! | `STATEFUN_MODULE` | path of a module.yaml: remote endpoints, SQS ingresses, egresses | none |
 
 use std::collections::BTreeMap;
@@ -21,6 +22,22 @@ use std::time::Duration;
 use serde::Deserialize;
 use statefun_core::TypeName;
 use statefun_core::module::{self, IdFrom, Module, Sink, SqsIngress, SqsRouting};
+
+/// `STATEFUN_STORE_FORMAT`: a format this build writes.
+fn store_format(lookup: &impl Fn(&str) -> Option<String>) -> Result<u32, ConfigError> {
+    use statefun_core::format::Versioned;
+    let newest = statefun_core::InstanceState::FORMAT;
+    let format = number(lookup, "STATEFUN_STORE_FORMAT", 1)?;
+    if format == 0 || format > u64::from(newest) {
+        return Err(ConfigError {
+            variable: "STATEFUN_STORE_FORMAT",
+            reason: format!(
+                "format {format}: this build writes instance-record formats 1 to {newest}"
+            ),
+        });
+    }
+    Ok(format as u32)
+}
 
 /// A variable that is missing or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +88,8 @@ pub struct AwsConfig {
     pub conflict_retries: u32,
     pub max_delay_hop: Duration,
     pub dedup_retention: Duration,
+    /// The instance-record format written (one this build writes).
+    pub store_format: u32,
     /// The module file's contents (its egresses and ingresses are merged above).
     pub module: Module,
 }
@@ -230,6 +249,7 @@ impl AwsConfig {
                 "STATEFUN_DEDUP_RETENTION_SECONDS",
                 1_252_800,
             )?),
+            store_format: store_format(&lookup)?,
             module: Module::default(),
         }
         .with_module(module)

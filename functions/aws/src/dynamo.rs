@@ -66,6 +66,8 @@ pub struct DynamoStore {
     table: String,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    /// The instance-record format written ([`DynamoStore::writing_format`]).
+    write_format: u32,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -221,7 +223,17 @@ impl DynamoStore {
             table,
             metrics,
             clock,
+            write_format: InstanceState::FORMAT,
         }
+    }
+
+    /// Writes instance records in `format` (during a rolling deploy, the previous
+    /// release's), if this build writes it; else in its newest.
+    pub fn writing_format(mut self, format: u32) -> Self {
+        if InstanceState::default().encode_as(format).is_some() {
+            self.write_format = format;
+        }
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -235,7 +247,10 @@ impl DynamoStore {
     /// The item for a commit, or a typed error when it cannot be stored.
     fn item(&self, commit: &Commit) -> Result<HashMap<String, AttributeValue>, LimitError> {
         let pk = partition_key(&commit.address);
-        let st = commit.state.to_bytes();
+        let (format, st) = match commit.state.encode_as(self.write_format) {
+            Some(st) => (self.write_format, st),
+            None => (InstanceState::FORMAT, commit.state.to_bytes()),
+        };
         let size = pk.len()
             + commit.address.id.len()
             + commit.address.function_type.as_str().len()
@@ -266,7 +281,7 @@ impl DynamoStore {
                 AttributeValue::N(commit.state.version.to_string()),
             ),
             ("st".to_string(), AttributeValue::B(Blob::new(st))),
-            format_attribute(InstanceState::FORMAT),
+            format_attribute(format),
         ]);
         if let Some(ttl) = commit.delete_after_ms {
             item.insert(

@@ -287,3 +287,137 @@ fn a_dispatcher_killed_in_the_middle_of_batches_applies_every_message_once() {
 fn json(text: &str) -> Json {
     statefun_e2e::stack::json(text)
 }
+
+/// Build B: this build with the test-only instance-record format 2
+/// (`statefun-core/test-format-2`), in a target dir of its own.
+fn build_with_format_2() -> std::path::PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("format-2");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "statefun-examples",
+            "--bin",
+            "statefun-lambda",
+            "--features",
+            "aws,statefun-core/test-format-2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building build B");
+    target.join("debug/statefun-lambda")
+}
+
+/// Keyed counter increments (`+1` each), `each` per counter, retried by the client
+/// until answered 202.
+fn increments(phase: &str, counters: usize, each: usize) -> Vec<Json> {
+    (0..counters * each)
+        .map(|i| {
+            json!({
+                "path": format!("example/counter/r{}", i % counters),
+                "type": "application/vnd.io.statefun.types/long",
+                "body": "1",
+                "key": format!("{phase}-{i}"),
+                "pk": format!("15:example/counter/r{}", i % counters),
+            })
+        })
+        .collect()
+}
+
+/// The item's format (`fv`) of a counter.
+fn item_format(stack: &Stack, id: &str) -> String {
+    let key = json!({"pk": {"S": format!("15:example/counter/{id}")}}).to_string();
+    let item = json(&stack.aws(&[
+        "dynamodb",
+        "get-item",
+        "--table-name",
+        &format!("{}-state", stack.prefix),
+        "--key",
+        &key,
+        "--consistent-read",
+    ]));
+    item["Item"]["fv"]["N"]
+        .as_str()
+        .unwrap_or("absent")
+        .to_string()
+}
+
+/// A rolling upgrade and a rollback on the deployed stack: build A (this one), traffic,
+/// `sam deploy` of build B (which reads a newer record format and, until told, writes
+/// A's) while traffic flows, then back to A while traffic flows: every message applied
+/// once and every address readable throughout. Then B told to write its format 2: B
+/// reads and writes it, and A's `verify` names those records as newer, not damaged.
+#[test]
+fn a_rolling_upgrade_and_a_rollback_apply_every_message_once() {
+    let a = binary().to_path_buf();
+    let b = build_with_format_2();
+    let mut stack = deploy("rol", &[]);
+    const COUNTERS: usize = 8;
+    let mut expected = 0;
+    let mut phase = |stack: &mut Stack, name: &str, each: usize, to: Option<(&Path, &[&str])>| {
+        let sending = stack.load_in_background(&increments(name, COUNTERS, each), 2.0);
+        if let Some((binary, overrides)) = to {
+            stack.redeploy(binary, overrides);
+        }
+        let sent = sending.results();
+        assert!(sent.iter().all(|r| r["status"] == 202), "{name}: {sent:?}");
+        expected += each as i64;
+        stack.settle();
+        let counts: Vec<i64> = (0..COUNTERS)
+            .map(|i| count(stack, &format!("r{i}")))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![expected; COUNTERS],
+            "{name}: every message once"
+        );
+    };
+    phase(&mut stack, "a", 3, None);
+    phase(&mut stack, "upgrade", 4, Some((&b, &[])));
+    assert_eq!(stack.binary(), b.as_path());
+    assert_eq!(
+        item_format(&stack, "r0"),
+        "1",
+        "B writes A's format until told"
+    );
+    phase(&mut stack, "rollback", 4, Some((&a, &[])));
+    phase(
+        &mut stack,
+        "b-format-2",
+        3,
+        Some((&b, &["StoreWriteFormat=2"])),
+    );
+    phase(&mut stack, "b", 2, None);
+    assert_eq!(
+        item_format(&stack, "r0"),
+        "2",
+        "B writes its format when told"
+    );
+    // A cannot read format 2: its `verify` says which records, and why.
+    let out = std::process::Command::new(&a)
+        .args([
+            "verify",
+            "--prefix",
+            "rol",
+            "--endpoint-url",
+            &stack.ministack.url,
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let table = json(stdout.lines().next().unwrap_or_default());
+    let newer = table["undecodable"].as_array().map_or(0, |u| {
+        u.iter()
+            .filter(|r| r["reason"].as_str().is_some_and(|s| s.contains("newer")))
+            .count()
+    });
+    assert_eq!(newer, COUNTERS, "{stdout}");
+}
