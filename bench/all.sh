@@ -14,6 +14,8 @@ echo "== in-process: msg/s by number of addresses (in_process.svg)"
 cargo bench -p statefun-examples --bench in_process
 echo "== embedded durable runtime: throughput by clients, accept latency CDF (embedded_*.svg)"
 cargo bench -p statefun-embedded --bench durable
+echo "== embedded: Idempotency-Keys over three retention periods (data dir, RSS)"
+cargo bench -p statefun-embedded --bench keys
 echo "== AWS path on the emulators: requests, units and cost per message (aws_*.svg)"
 cargo bench -p statefun-e2e --bench aws_requests
 echo "== the Lambda package and its init time per role (lambda_init.svg)"

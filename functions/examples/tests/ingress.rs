@@ -336,6 +336,53 @@ fn state_reads_a_data_dir_no_runtime_holds_and_points_at_the_running_one() {
     assert_eq!(json["state"]["count"]["value"], 7, "{json}");
 }
 
+/// `verify --data-dir` through the binary, as an operator runs it before an upgrade:
+/// one JSON line per table, exit 0 when everything reads; a data dir that lost its
+/// engine file fails, saying so.
+#[test]
+fn verify_reads_a_data_dir_and_fails_on_a_damaged_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &[]);
+    s.post("/example/counter/v", LONG, None, b"7")
+        .expect("post");
+    assert!(s.settles(|| s.get_json("/example/counter/v")["state"]["count"]["value"] == 7));
+    s.stop();
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_statefun-lambda"))
+            .args(["verify", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("statefun-lambda verify")
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let state = lines
+        .iter()
+        .find(|l| l["source"] == "statefun.redb state")
+        .expect("the state table's line");
+    assert_eq!(state["read"], 1, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["undecodable"] == serde_json::json!([]))
+    );
+    std::fs::remove_file(dir.path().join("statefun.redb")).expect("rm");
+    let out = verify();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("statefun.redb"),
+        "{err}"
+    );
+}
+
 /// A sample's value from an OpenMetrics text (`name{labels} value`).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
