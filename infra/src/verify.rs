@@ -9,48 +9,14 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use serde::Serialize;
 use statefun_aws::transport::Clients;
+pub use statefun_core::format::{Found, Undecodable};
 
 use crate::local::{LocalError, Names};
 use crate::ops::{self, Dlq};
 
 /// How long a live queue's message is hidden while `verify` reads it.
 pub const LIVE_HIDE: Duration = Duration::from_secs(2);
-
-/// What `verify` found in one table or queue.
-#[derive(Debug, Clone, Serialize)]
-pub struct Found {
-    /// `table <name>` or `queue <name>`.
-    pub source: String,
-    pub read: u64,
-    pub undecodable: Vec<Undecodable>,
-}
-
-/// One record or body this build cannot decode.
-#[derive(Debug, Clone, Serialize)]
-pub struct Undecodable {
-    /// Its key (`pk`) or SQS message id.
-    pub key: String,
-    pub reason: String,
-}
-
-impl Found {
-    fn new(source: String) -> Self {
-        Found {
-            source,
-            read: 0,
-            undecodable: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, key: String, result: Result<(), String>) {
-        match result {
-            Ok(()) => self.read += 1,
-            Err(reason) => self.undecodable.push(Undecodable { key, reason }),
-        }
-    }
-}
 
 /// Every item of the state table (strongly consistent scan pages); `progress` hears
 /// each page's item count.
@@ -80,7 +46,7 @@ pub async fn table(
                 _ => "(no pk)".into(),
             };
             found.add(
-                key,
+                || key,
                 statefun_aws::dynamo::check_item(item).map_err(|e| e.to_string()),
             );
         }
@@ -119,8 +85,12 @@ pub async fn queue(
             Dlq::Inbox => statefun_aws::envelope::decode(letter.body()).map(drop),
             Dlq::Delay => statefun_aws::envelope::decode_timer(letter.body()).map(drop),
         };
-        found.add(letter.dlq_id.clone(), decoded.map_err(|e| e.to_string()));
+        found.add(|| letter.dlq_id.clone(), decoded.map_err(|e| e.to_string()));
     }
+    // SQS cannot peek: what it did not hand out (hidden, or behind in-flight messages
+    // of a FIFO group) is counted, not claimed as read.
+    let depth = ops::depth(clients, url).await?;
+    found.not_reached = depth.saturating_sub(letters.len() as u64);
     ops::release(clients, url, &letters).await?;
     Ok(found)
 }

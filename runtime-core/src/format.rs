@@ -15,6 +15,47 @@
 //! previous release reads it. Golden fixtures of every format's real bytes are read by
 //! `tests/tests/formats.rs`, forever.
 
+/// What `statefun-lambda verify` found in one table or queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Found {
+    /// Where: `statefun.redb state`, `table <name>`, `queue <name>`.
+    pub source: String,
+    /// Records that decoded.
+    pub read: u64,
+    /// Records that did not, with why.
+    pub undecodable: Vec<Undecodable>,
+    /// Records the source holds that were not reached (a queue's messages hidden by
+    /// another reader, or behind in-flight ones in their FIFO group).
+    pub not_reached: u64,
+}
+
+/// One record or body this build cannot decode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Undecodable {
+    /// Its key, row or message id, as people read it.
+    pub key: String,
+    pub reason: String,
+}
+
+impl Found {
+    pub fn new(source: impl Into<String>) -> Self {
+        Found {
+            source: source.into(),
+            read: 0,
+            undecodable: Vec::new(),
+            not_reached: 0,
+        }
+    }
+
+    /// Counts one record: read, or not with why.
+    pub fn add(&mut self, key: impl FnOnce() -> String, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.read += 1,
+            Err(reason) => self.undecodable.push(Undecodable { key: key(), reason }),
+        }
+    }
+}
+
 /// A record this build cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {

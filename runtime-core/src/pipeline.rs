@@ -299,25 +299,61 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
             }
         };
         let lookups = dedup_lookups(&groups, &loaded, self.invoker.clock.now_ms());
+        let mut unread: Vec<(usize, String)> = Vec::new();
         if !lookups.is_empty() {
             let requests: Vec<(Address, Vec<DedupKey>)> = lookups
                 .iter()
                 .map(|(_, a, keys)| (a.clone(), keys.clone()))
                 .collect();
-            match store.load_dedup(&requests).await {
-                Ok(found) => {
-                    for ((i, _, _), entries) in lookups.iter().zip(found) {
+            let found = match store.load_dedup(&requests).await {
+                Ok(found) => found.into_iter().map(Ok).collect(),
+                // As for records: each address alone, so only its messages wait.
+                Err(_) if requests.len() > 1 => {
+                    let mut found = Vec::with_capacity(requests.len());
+                    for request in &requests {
+                        found.push(
+                            match store.load_dedup(std::slice::from_ref(request)).await {
+                                Ok(mut one) if one.len() == 1 => Ok(one.remove(0)),
+                                Ok(_) => {
+                                    Err("the store answered for another number of addresses".into())
+                                }
+                                Err(e) => Err(e.to_string()),
+                            },
+                        );
+                    }
+                    found
+                }
+                Err(e) => vec![Err(e.to_string())],
+            };
+            for ((i, _, _), entries) in lookups.iter().zip(found) {
+                match entries {
+                    Ok(entries) => {
                         if let Some(state) = loaded[*i].as_mut() {
                             state.dedup.absorb(entries);
                         }
                     }
-                }
-                Err(e) => {
-                    unavailable(report, groups, &e);
-                    return Vec::new();
+                    Err(e) => unread.push((*i, e)),
                 }
             }
         }
+        let (groups, loaded) = if unread.is_empty() {
+            (groups, loaded)
+        } else {
+            let mut kept = (Vec::new(), Vec::new());
+            for (i, (group, record)) in groups.into_iter().zip(loaded).enumerate() {
+                match unread.iter().find(|(u, _)| *u == i) {
+                    Some((_, e)) => unavailable(report, vec![group], e),
+                    None => {
+                        kept.0.push(group);
+                        kept.1.push(record);
+                    }
+                }
+            }
+            if kept.0.is_empty() {
+                return Vec::new();
+            }
+            kept
+        };
         let mut outcomes = self.invoker.process(groups, loaded).await;
 
         // Re-sends first: the commits below replace the outboxes they come from.

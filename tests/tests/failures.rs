@@ -20,7 +20,7 @@ use statefun_core::{
     ValueSpec,
 };
 use statefun_e2e::{Aws, Dynamo};
-use statefun_embedded::{EgressSink, EmbeddedConfig, Runtime};
+use statefun_embedded::{EmbeddedConfig, Runtime};
 use statefun_infra::local::QueueSettings;
 
 const LOG: TypeName = TypeName::from_static("fail/log");
@@ -180,25 +180,18 @@ fn the_harness_applies_the_policy() {
     check("harness", &outcome);
 }
 
-#[derive(Debug)]
-struct Discard;
-
-impl EgressSink for Discard {
-    fn emit(&mut self, _: &statefun_core::EgressRecord) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_runtime_applies_the_policy() {
     let seen = Arc::new(Seen::default());
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = EmbeddedConfig::new(dir.path());
     config.batch.retry = policy();
-    let runtime = Runtime::start(registry(seen.clone()), config, Box::new(Discard)).expect("start");
+    let runtime = Runtime::start(
+        registry(seen.clone()),
+        config,
+        Box::new(statefun_embedded::DiscardEgress),
+    )
+    .expect("start");
     let handle = runtime.handle();
     for (address, m) in messages() {
         handle

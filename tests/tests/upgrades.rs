@@ -20,7 +20,7 @@ use statefun_core::ports::ManualClock;
 use statefun_core::{
     Address, EgressRecord, InstanceState, Issued, MessageId, OutboxEntry, TypeName, TypedValue,
 };
-use statefun_embedded::{EgressSink, EmbeddedConfig, EmbeddedError, Runtime};
+use statefun_embedded::{DiscardEgress, EmbeddedConfig, EmbeddedError, Runtime};
 
 /// When the fixtures' builds ran (their clock).
 const T0: u64 = 1_764_806_400_000;
@@ -252,17 +252,6 @@ fn d40e810_dynamodb_items_read_as_they_were_written() {
     assert!(e.is_newer(), "{e}");
 }
 
-struct Discard;
-
-impl EgressSink for Discard {
-    fn emit(&mut self, _: &EgressRecord) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A copy of a fixture data dir to start (the fixture itself stays as it was).
 fn copy_of(fixture_dir: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -278,7 +267,7 @@ fn start(dir: &Path, clock: &Arc<ManualClock>) -> Result<Runtime, EmbeddedError>
     Runtime::start_with_clock(
         registry,
         EmbeddedConfig::new(dir),
-        Box::new(Discard),
+        Box::new(DiscardEgress),
         clock.clone(),
     )
 }
@@ -460,6 +449,12 @@ async fn missing_empty_or_foreign_store_files_are_refused_loudly() {
     let e = refusal(dir.path());
     assert!(e.contains("statefun.redb"), "{e}");
 
+    // A layout-1 data dir that lost its accept file is not a layout-0 one: refused.
+    let dir = copy_of("d40e810/data-dir");
+    std::fs::remove_file(dir.path().join("accepted.redb")).expect("rm");
+    let e = refusal(dir.path());
+    assert!(e.contains("accepted.redb") && e.contains("missing"), "{e}");
+
     // A legacy data dir whose engine file is gone is not a new one either.
     let dir = copy_of("d40e810/data-dir");
     std::fs::remove_file(dir.path().join("statefun.redb")).expect("rm");
@@ -495,8 +490,9 @@ async fn idempotency_keys_are_forgotten_by_age_while_running() {
     let registry = statefun_examples::registry(Default::default()).expect("registry");
     let mut config = EmbeddedConfig::new(dir.path());
     config.ingress_key_retention = Duration::from_secs(3600);
-    let runtime = Runtime::start_with_clock(registry, config, Box::new(Discard), clock.clone())
-        .expect("start");
+    let runtime =
+        Runtime::start_with_clock(registry, config, Box::new(DiscardEgress), clock.clone())
+            .expect("start");
     let h = runtime.handle();
     let a = address("example/counter", "keys");
     let old = h

@@ -37,6 +37,14 @@ impl std::fmt::Debug for TimerForwarder {
     }
 }
 
+/// The cancellations of a batch's timers: those read, and the keys of those that did
+/// not read.
+#[derive(Default)]
+struct Cancellations {
+    read: HashMap<String, Issued>,
+    unread: BTreeSet<String>,
+}
+
 /// The cancellation key of a timer, if it has a token.
 fn key(t: &TimerMessage) -> Option<String> {
     match (&t.token, &t.envelope.caller) {
@@ -72,25 +80,28 @@ impl TimerForwarder {
     /// token, or the same timer delivered twice). Keys still unprocessed after the
     /// store's retries with backoff are an error: the timers come again later, and
     /// are never taken as "not cancelled".
-    async fn cancellations(
-        &self,
-        keys: BTreeSet<String>,
-    ) -> Result<HashMap<String, Issued>, String> {
+    async fn cancellations(&self, keys: BTreeSet<String>) -> Result<Cancellations, String> {
         let keys: Vec<String> = keys.into_iter().collect();
         let items = self
             .store
             .batch_get(&keys)
             .await
             .map_err(|e| e.to_string())?;
-        // A cancellation that does not read (a newer build's, a damaged one) is an
-        // error, never "not cancelled": the timers come again.
-        items
-            .into_iter()
-            .map(|(pk, item)| match crate::dynamo::cancel_of_item(&item) {
-                Ok(issued) => Ok((pk, issued)),
-                Err(e) => Err(format!("{pk}: {e}")),
-            })
-            .collect()
+        // A cancellation that does not read (a newer build's, a damaged one) is never
+        // "not cancelled": its timers come again; the others go on.
+        let mut found = Cancellations::default();
+        for (pk, item) in items {
+            match crate::dynamo::cancel_of_item(&item) {
+                Ok(issued) => {
+                    found.read.insert(pk, issued);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %pk, reason = %e, "a cancellation does not read; its timers are retried");
+                    found.unread.insert(pk);
+                }
+            }
+        }
+        Ok(found)
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
@@ -164,9 +175,13 @@ impl TimerForwarder {
                 failed.extend(unique.iter().flat_map(records_of));
             }
             Ok(cancelled) => {
+                let (unsure, unique): (Vec<_>, Vec<_>) = unique
+                    .into_iter()
+                    .partition(|t| key(t).is_some_and(|k| cancelled.unread.contains(&k)));
+                failed.extend(unsure.iter().flat_map(records_of));
                 let (deliver, dropped): (Vec<_>, Vec<_>) = unique.into_iter().partition(|t| {
                     key(t)
-                        .and_then(|k| cancelled.get(&k))
+                        .and_then(|k| cancelled.read.get(&k))
                         .is_none_or(|cancel| *cancel < t.issued)
                 });
                 self.metrics.timers_cancelled(dropped.len());

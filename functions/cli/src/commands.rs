@@ -762,6 +762,14 @@ fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
 /// Prints what `verify` found in one place and counts what did not read.
 fn print_found(line: serde_json::Value) -> u64 {
     let undecodable = line["undecodable"].as_array().map_or(0, Vec::len) as u64;
+    if let Some(n) = line["not_reached"].as_u64().filter(|n| *n > 0) {
+        tracing::warn!(
+            source = %line["source"],
+            not_reached = n,
+            "not every message was reached (hidden by another reader, or behind in-flight \
+             ones of their FIFO group): run verify again for them"
+        );
+    }
     println!("{line}");
     undecodable
 }
@@ -788,12 +796,8 @@ fn embedded_verify(dir: &std::path::Path) -> anyhow::Result<()> {
         "data dir layout"
     );
     let mut undecodable = 0;
-    for table in &report.tables {
-        undecodable += print_found(serde_json::json!({
-            "source": format!("{} {}", table.file, table.table),
-            "read": table.read,
-            "undecodable": table.undecodable,
-        }));
+    for found in &report.tables {
+        undecodable += print_found(serde_json::to_value(found)?);
     }
     verified(undecodable)
 }

@@ -8,24 +8,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use statefun_core::{Address, EgressRecord, TypedValue};
-use statefun_embedded::{EgressSink, EmbeddedConfig, Runtime, RuntimeHandle};
+use statefun_core::{Address, TypedValue};
+use statefun_embedded::{DiscardEgress, EmbeddedConfig, Runtime, RuntimeHandle};
 use statefun_examples::counter::COUNTER;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CLIENTS: usize = 2_048;
-
-struct Discard;
-impl EgressSink for Discard {
-    fn emit(&mut self, _: &EgressRecord) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn applied(handle: &RuntimeHandle, addresses: &[Address]) -> i64 {
     addresses
@@ -42,8 +32,12 @@ fn applied(handle: &RuntimeHandle, addresses: &[Address]) -> i64 {
 async fn run(addresses: usize, total: usize, clients: usize) -> (f64, f64, Vec<f64>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = statefun_examples::registry(Default::default()).expect("registry");
-    let runtime = Runtime::start(registry, EmbeddedConfig::new(dir.path()), Box::new(Discard))
-        .expect("start");
+    let runtime = Runtime::start(
+        registry,
+        EmbeddedConfig::new(dir.path()),
+        Box::new(DiscardEgress),
+    )
+    .expect("start");
     let handle = runtime.handle();
     let targets: Arc<Vec<Address>> = Arc::new(
         (0..addresses)

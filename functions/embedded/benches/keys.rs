@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use statefun_core::ports::ManualClock;
-use statefun_core::{Address, EgressRecord, TypedValue};
-use statefun_embedded::{EgressSink, EmbeddedConfig, EmbeddedError, Runtime, RuntimeHandle};
+use statefun_core::{Address, TypedValue};
+use statefun_embedded::{DiscardEgress, EmbeddedConfig, EmbeddedError, Runtime, RuntimeHandle};
 use statefun_examples::counter::COUNTER;
 
 #[global_allocator]
@@ -19,16 +19,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CLIENTS: usize = 512;
 const RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-struct Discard;
-impl EgressSink for Discard {
-    fn emit(&mut self, _: &EgressRecord) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
@@ -97,8 +87,9 @@ async fn main() {
     let registry = statefun_examples::registry(Default::default()).expect("registry");
     let mut config = EmbeddedConfig::new(dir.path());
     config.ingress_key_retention = RETENTION;
-    let runtime = Runtime::start_with_clock(registry, config, Box::new(Discard), clock.clone())
-        .expect("start");
+    let runtime =
+        Runtime::start_with_clock(registry, config, Box::new(DiscardEgress), clock.clone())
+            .expect("start");
     let handle = runtime.handle();
     println!("keys per retention period: {keys}, retention 24 h (simulated clock)");
     for period in 0..3 {

@@ -151,7 +151,7 @@ pub(crate) fn open_db(path: &Path) -> Result<Database, EmbeddedError> {
 }
 
 /// A file's layout and id from its `meta` table (`None` before layout 2).
-fn file_layout(db: &Database) -> Result<(Option<u64>, Option<u64>), EmbeddedError> {
+pub(crate) fn file_layout(db: &Database) -> Result<(Option<u64>, Option<u64>), EmbeddedError> {
     let txn = db.begin_read()?;
     let has_meta = txn.list_tables()?.any(|t| t.name() == META.name());
     if !has_meta {
@@ -273,19 +273,40 @@ fn create(dir: &Path) -> Result<Marker, EmbeddedError> {
     Ok(marker)
 }
 
-/// The layout of a data dir without a marker (0 or 1), or 2 for one a crash left
-/// before its marker.
+/// The layout of a data dir without a marker: 0 (one file, the idempotency keys in it,
+/// as b7b5e3e and before created it; also when a d40e810 build started on it since),
+/// 1 (two files), or 2 when a crash interrupted a creation or a migration before the
+/// marker. A data dir of layout 1 that lost its accept file is refused, never taken for
+/// a layout-0 one: that file held the messages answered 202 and the keys.
 fn legacy_layout(dir: &Path, db: &Database) -> Result<u64, EmbeddedError> {
-    if let (Some(layout), _) = file_layout(db)? {
-        return Ok(layout);
+    match file_layout(db)?.0 {
+        Some(layout) if layout > LAYOUT => {
+            return Err(refused(
+                &dir.join(MAIN_FILE),
+                format!(
+                    "the file has layout {layout}, written by a newer build; this build reads \
+                     up to layout {LAYOUT}"
+                ),
+            ));
+        }
+        Some(layout) => return Ok(layout),
+        None => {}
     }
     let txn = db.begin_read()?;
     let keys_here = txn.list_tables()?.any(|t| t.name() == INGRESS_KEYS.name());
-    Ok(if keys_here || !dir.join(ACCEPTED_FILE).exists() {
-        0
-    } else {
-        1
-    })
+    let accepted = dir.join(ACCEPTED_FILE);
+    match (keys_here, accepted.exists()) {
+        (true, _) => Ok(0),
+        (false, true) => Ok(1),
+        (false, false) => Err(refused(
+            &accepted,
+            format!(
+                "the file is missing beside the {MAIN_FILE} of a layout-1 data dir: it held the \
+                 messages answered 202 and not yet applied, and the idempotency keys; restore \
+                 it from a backup; to start afresh, move the whole data dir away"
+            ),
+        )),
+    }
 }
 
 /// Migrates a data dir of layout 0 or 1 to this layout, after copying its files aside.
@@ -302,6 +323,9 @@ fn migrate(dir: &Path) -> Result<Marker, EmbeddedError> {
         let source = dir.join(file);
         if source.exists() {
             std::fs::copy(&source, copy.join(file)).map_err(io(&source))?;
+            std::fs::File::open(copy.join(file))
+                .and_then(|f| f.sync_all())
+                .map_err(io(&copy))?;
         }
     }
     warn!(data_dir = %dir.display(), from, to = LAYOUT, copy = %copy.display(), "migrating the data dir to this build's layout; a copy of the old files is kept");
@@ -367,8 +391,15 @@ fn migrate_accepted(db: &Database, acc: &Database, id: u64) -> Result<(u64, u64)
                 let (k, v) = row?;
                 let (target, key) = k.value();
                 let (seq, at, digest) = v.value();
-                moved.insert((target, key), (seq, at, digest))?;
-                keys += 1;
+                // A d40e810 build that ran on a layout-0 dir wrote newer keys here:
+                // those win over the ones it left behind.
+                let newer_here = moved
+                    .get((target, key))?
+                    .is_some_and(|here| here.value().1 >= at);
+                if !newer_here {
+                    moved.insert((target, key), (seq, at, digest))?;
+                    keys += 1;
+                }
             }
         }
         let next = old

@@ -41,7 +41,7 @@ mod verify;
 pub use engine::HTTP_INGRESS;
 pub use metrics::Metrics;
 pub use store::DeadLetter;
-pub use verify::{Report as VerifyReport, TableReport, Undecodable, verify_at};
+pub use verify::{Report as VerifyReport, verify_at};
 
 use accept::{Accept, Acceptor};
 use engine::{Command, Engine, IngressRequest};
@@ -256,6 +256,19 @@ impl EgressSink for StdoutEgress {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stdout().lock().flush()
+    }
+}
+
+/// Egress dropped: for benchmarks and tests, or a runtime whose egress nobody reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiscardEgress;
+
+impl EgressSink for DiscardEgress {
+    fn emit(&mut self, _: &EgressRecord) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -481,15 +481,6 @@ mod tests {
     /// The accept thread removes the stale rows recovery found, as it starts.
     #[test]
     fn a_start_removes_the_stale_accepted_rows() {
-        struct Discard;
-        impl crate::EgressSink for Discard {
-            fn emit(&mut self, _: &statefun_core::EgressRecord) -> std::io::Result<()> {
-                Ok(())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (db, accepted) = open(dir.path()).expect("open");
@@ -498,7 +489,8 @@ mod tests {
         }
         let registry = statefun_examples::registry(Default::default()).expect("registry");
         let config = crate::EmbeddedConfig::new(dir.path());
-        let runtime = crate::Runtime::start(registry, config, Box::new(Discard)).expect("start");
+        let runtime =
+            crate::Runtime::start(registry, config, Box::new(crate::DiscardEgress)).expect("start");
         runtime.shutdown().expect("shutdown");
         let (db, accepted) = open(dir.path()).expect("open");
         let recovered = recover(&db, &accepted).expect("recover");

@@ -9,6 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::Serialize;
 use statefun_core::InstanceState;
 use statefun_core::dedup::DedupEntry;
+use statefun_core::format::Found;
 
 use crate::EmbeddedError;
 use crate::layout::{self, ACCEPTED_FILE, LAYOUT, MAIN_FILE};
@@ -17,31 +18,13 @@ use crate::store::{
     TIMERS, TimerEntry,
 };
 
-/// What `verify` found in one table.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableReport {
-    pub file: &'static str,
-    pub table: &'static str,
-    /// Records that decoded.
-    pub read: u64,
-    /// Records that did not, with why.
-    pub undecodable: Vec<Undecodable>,
-}
-
-/// One record this build cannot decode.
-#[derive(Debug, Clone, Serialize)]
-pub struct Undecodable {
-    pub key: String,
-    pub reason: String,
-}
-
 /// What `verify` found in a data dir.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The data dir's layout (a start migrates an older one to this build's).
     pub layout: u64,
     pub newest_layout: u64,
-    pub tables: Vec<TableReport>,
+    pub tables: Vec<Found>,
 }
 
 impl Report {
@@ -103,26 +86,15 @@ fn check_table<K: redb::Key + 'static>(
     check: Check,
     show: impl for<'a> Fn(K::SelfType<'a>) -> String,
     progress: &mut dyn FnMut(u64),
-) -> Result<TableReport, EmbeddedError> {
-    let mut report = TableReport {
-        file,
-        table: name,
-        read: 0,
-        undecodable: Vec::new(),
-    };
+) -> Result<Found, EmbeddedError> {
+    let mut report = Found::new(format!("{file} {name}"));
     let txn = db.begin_read()?;
     let Ok(t) = txn.open_table(table) else {
         return Ok(report);
     };
     for row in t.iter()? {
         let (k, v) = row?;
-        match check(tagged, v.value()) {
-            Ok(()) => report.read += 1,
-            Err(reason) => report.undecodable.push(Undecodable {
-                key: show(k.value()),
-                reason,
-            }),
-        }
+        report.add(|| show(k.value()), check(tagged, v.value()));
         progress(1);
     }
     Ok(report)
@@ -151,7 +123,13 @@ pub fn verify_at(
     mut progress: impl FnMut(u64),
 ) -> Result<Report, EmbeddedError> {
     let (layout, db, accepted) = layout::open_for_verify(dir)?;
-    let tagged = layout == LAYOUT;
+    // Each file says its own layout: a crash between the two files' migrations leaves
+    // one migrated and the other not.
+    let tagged = layout::file_layout(&db)?.0 == Some(LAYOUT);
+    let accepted_tagged = match &accepted {
+        Some(a) => layout::file_layout(a)?.0 == Some(LAYOUT),
+        None => false,
+    };
     total(
         rows(&db, STATE)?
             + rows(&db, DEDUP)?
@@ -199,7 +177,7 @@ pub fn verify_at(
         tables.push(check_table(
             accepted,
             (ACCEPTED_FILE, "inbox", INBOX),
-            tagged,
+            accepted_tagged,
             inbox,
             row,
             &mut progress,
@@ -217,13 +195,8 @@ fn check_dedup(
     db: &Database,
     tagged: bool,
     progress: &mut dyn FnMut(u64),
-) -> Result<TableReport, EmbeddedError> {
-    let mut report = TableReport {
-        file: MAIN_FILE,
-        table: "dedup",
-        read: 0,
-        undecodable: Vec::new(),
-    };
+) -> Result<Found, EmbeddedError> {
+    let mut report = Found::new(format!("{MAIN_FILE} dedup"));
     let txn = db.begin_read()?;
     let Ok(t) = txn.open_table(DEDUP) else {
         return Ok(report);
@@ -238,16 +211,11 @@ fn check_dedup(
                 .map(drop)
                 .map_err(|e| EmbeddedError::Corrupt(e.to_string()))
         };
-        match decoded {
-            Ok(()) => report.read += 1,
-            Err(e) => {
-                let (address, key) = k.value();
-                report.undecodable.push(Undecodable {
-                    key: format!("{} {key}", store::show_address_key(address)),
-                    reason: e.to_string(),
-                })
-            }
-        }
+        let key = || {
+            let (address, key) = k.value();
+            format!("{} {key}", store::show_address_key(address))
+        };
+        report.add(key, decoded.map_err(|e| e.to_string()));
         progress(1);
     }
     Ok(report)
@@ -288,7 +256,10 @@ mod tests {
         let report = verify_at(dir.path(), |n| assert_eq!(n, 3), |n| seen += n).expect("verify");
         assert_eq!((report.layout, seen, report.undecodable()), (LAYOUT, 3, 2));
         let states = &report.tables[0];
-        assert_eq!((states.table, states.read), ("state", 1));
+        assert_eq!(
+            (states.source.as_str(), states.read),
+            ("statefun.redb state", 1)
+        );
         let reasons: Vec<&str> = states
             .undecodable
             .iter()
