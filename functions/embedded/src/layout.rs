@@ -479,21 +479,8 @@ fn migrate_main(db: &Database, id: u64) -> Result<[u64; 5], EmbeddedError> {
 /// The data dir's files for a reader (`state`, `dlq`, `verify`): refused when a runtime
 /// holds them, missing, or of another layout than this build's (a start migrates it).
 pub(crate) fn open_existing(dir: &Path) -> Result<(Database, Option<Database>), EmbeddedError> {
-    let main = dir.join(MAIN_FILE);
-    if !main.exists() {
-        return Err(refused(
-            &main,
-            "no statefun-lambda data here (statefun.redb is missing)".into(),
-        ));
-    }
-    refuse_empty(&main)?;
-    let db = open_db(&main)?;
-    let layout = file_layout(&db)?.0;
-    if layout != Some(LAYOUT) {
-        let layout = match layout {
-            Some(l) => l,
-            None => legacy_layout(dir, &db)?,
-        };
+    let (layout, db, accepted) = open_for_verify(dir)?;
+    if file_layout(&db)?.0 != Some(LAYOUT) {
         return Err(refused(
             dir,
             format!(
@@ -504,17 +491,11 @@ pub(crate) fn open_existing(dir: &Path) -> Result<(Database, Option<Database>), 
             ),
         ));
     }
-    let accepted = dir.join(ACCEPTED_FILE);
-    let acc = if accepted.exists() {
-        refuse_empty(&accepted)?;
-        Some(open_db(&accepted)?)
-    } else {
-        None
-    };
-    Ok((db, acc))
+    Ok((db, accepted))
 }
 
-/// A data dir's files and layout for `verify`, read as they are (never migrated).
+/// A data dir's files and layout for a reader (`verify`, and [`open_existing`]), as
+/// they are (never migrated).
 pub(crate) fn open_for_verify(
     dir: &Path,
 ) -> Result<(u64, Database, Option<Database>), EmbeddedError> {
