@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -299,6 +300,30 @@ pub(crate) struct RunArgs<A: clap::Args> {
     /// cheaper rounds. 0: the same priority.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=39))]
     engine_nice: i32,
+    /// Longest wait for a request's headers; a client that never finishes them is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// Longest wait for a request's body (then 408).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
+    /// How long a keep-alive connection may sit with no request before it is closed.
+    #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Connections served at once; one more is answered 503 with Retry-After. Default
+    /// 1024, or fewer when the open-files limit leaves less room.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long SIGTERM or Ctrl-C waits for requests in progress before it abandons
+    /// them; a second signal exits at once.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// A host name the HTTP ingress answers to besides IP addresses and localhost
+    /// (repeatable); requests naming any other Host are refused (DNS rebinding).
+    #[arg(long = "allowed-host")]
+    allowed_hosts: Vec<String>,
+    /// A token every route but /healthz requires, as `Authorization: Bearer <token>`.
+    #[arg(long, env = "STATEFUN_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
     /// A module.yaml: remote function endpoints (StateFun's io.statefun.endpoints.v2/http),
     /// which function types the HTTP ingress exposes, egress declarations.
     #[arg(long)]
@@ -408,10 +433,50 @@ async fn run<A: clap::Args + FromArgMatches + 'static>(
             () = shutdown_signal() => {},
             () = engine_stopped => tracing::error!("the engine stopped; shutting down"),
         }
+        // A second signal does not wait: everything answered 202 is on disk already.
+        tokio::spawn(async {
+            shutdown_signal().await;
+            tracing::error!("a second signal: exiting at once");
+            std::process::exit(130);
+        });
     };
-    statefun_embedded::ingress::serve(listener, runtime.handle(), stop).await?;
+    let http = http_config(&args);
+    let served =
+        statefun_embedded::ingress::serve_with(listener, runtime.handle(), &http, stop).await?;
+    if served.abandoned > 0 {
+        info!(
+            connections = served.abandoned,
+            "stopped with requests unanswered"
+        );
+    }
     runtime.shutdown().context("the engine failed")?;
     Ok(())
+}
+
+/// The HTTP server's bounds: the flags, with a connection cap that leaves room in the
+/// open-files limit (raised to its hard limit first) for the store and remote calls.
+fn http_config<A: clap::Args>(args: &RunArgs<A>) -> statefun_embedded::HttpConfig {
+    /// Descriptors kept for everything but client connections.
+    const RESERVE: u64 = 64;
+    let open_files = statefun_embedded::raise_open_files_limit();
+    let room = open_files.map(|n| n.saturating_sub(RESERVE).max(1) as usize);
+    let max_connections = match (args.max_connections, room) {
+        (Some(n), Some(room)) if n > room => {
+            warn!(max_connections = n, open_files = ?open_files, "--max-connections is above what the open-files limit leaves room for: past it, connections are refused only when descriptors run out");
+            n
+        }
+        (Some(n), _) => n,
+        (None, room) => room.map_or(1024, |room| room.min(1024)),
+    };
+    statefun_embedded::HttpConfig {
+        header_read_timeout: args.header_read_timeout,
+        body_read_timeout: args.body_read_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections,
+        shutdown_timeout: args.shutdown_timeout,
+        allowed_hosts: args.allowed_hosts.clone(),
+        auth_token: args.auth_token.clone(),
+    }
 }
 
 /// The AWS commands: a deployment or an emulator, as the Lambdas see it.

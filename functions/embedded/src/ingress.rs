@@ -10,13 +10,21 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text); `GET /status`: what the
 //!   runtime still has to do, as JSON.
 //! - Errors are 4xx with `{"error": "<what is wrong>"}`.
+//!
+//! Who may ask ([`Guard`]): a browser page of another origin (its `Origin`, or
+//! `Sec-Fetch-Site: cross-site`) is refused `403`, and so is a `Host` that is neither an
+//! IP address, `localhost`, nor a configured name (a DNS-rebinding page); with a token
+//! set, every route but `/healthz` needs `Authorization: Bearer <token>` (`401`).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRef, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header as names};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -25,6 +33,7 @@ use statefun_core::ingress as contract;
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use crate::server::{self, HttpConfig, Served};
 use crate::{EmbeddedError, RuntimeHandle};
 
 /// A rejected request: a status and a message saying what is wrong.
@@ -47,8 +56,26 @@ fn error(status: StatusCode, message: impl Into<String>) -> Rejection {
     }
 }
 
-/// The routes, over a running runtime.
+/// The routes' state: the runtime and the HTTP limits the handlers apply.
+#[derive(Clone)]
+struct Ingress {
+    handle: RuntimeHandle,
+    body_read_timeout: Duration,
+}
+
+impl FromRef<Ingress> for RuntimeHandle {
+    fn from_ref(ingress: &Ingress) -> Self {
+        ingress.handle.clone()
+    }
+}
+
+/// The routes, over a running runtime, with the default [`HttpConfig`].
 pub fn router(handle: RuntimeHandle) -> Router {
+    router_with(handle, &HttpConfig::default())
+}
+
+/// The routes, over a running runtime, guarded and bounded as `config` says.
+pub fn router_with(handle: RuntimeHandle, config: &HttpConfig) -> Router {
     let instance = get(get_state)
         .post(post_message)
         .put(post_message)
@@ -58,8 +85,8 @@ pub fn router(handle: RuntimeHandle) -> Router {
                 "use POST (or PUT) to send a message, GET to read state",
             )
         });
+    let guard = Arc::new(Guard::new(config));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
         .route("/{namespace}/{type}/{id}", instance)
@@ -69,18 +96,147 @@ pub fn router(handle: RuntimeHandle) -> Router {
                 "no such route: address an instance as /{namespace}/{type}/{id}",
             )
         })
-        .with_state(handle)
+        .route_layer(middleware::from_fn_with_state(guard.clone(), authorize))
+        .route("/healthz", get(healthz))
+        .layer(middleware::from_fn_with_state(guard, same_site))
+        .with_state(Ingress {
+            handle,
+            body_read_timeout: config.body_read_timeout,
+        })
 }
 
-/// Serves the ingress until `shutdown` completes.
+/// Serves the ingress with the default [`HttpConfig`] until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     handle: RuntimeHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle))
-        .with_graceful_shutdown(shutdown)
+    serve_with(listener, handle, &HttpConfig::default(), shutdown)
         .await
+        .map(drop)
+}
+
+/// Serves the ingress within `config`'s bounds until `shutdown` completes (see
+/// [`crate::server`]): then stops accepting, and abandons requests still in progress
+/// after `config.shutdown_timeout`.
+pub async fn serve_with(
+    listener: TcpListener,
+    handle: RuntimeHandle,
+    config: &HttpConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<Served> {
+    server::serve(listener, router_with(handle, config), config, shutdown).await
+}
+
+/// Who may ask: the browser and token rules of the module docs.
+#[derive(Debug)]
+pub struct Guard {
+    allowed_hosts: Vec<String>,
+    /// The token's digest: compared digest to digest, so the time a comparison takes
+    /// tells nothing of the token.
+    token: Option<[u8; 32]>,
+}
+
+fn digest(text: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text).into()
+}
+
+impl Guard {
+    pub fn new(config: &HttpConfig) -> Self {
+        Guard {
+            allowed_hosts: config
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            token: config.auth_token.as_deref().map(|t| digest(t.as_bytes())),
+        }
+    }
+
+    /// Why a request's `Host` or browser context is refused, if it is.
+    pub fn foreign(&self, headers: &HeaderMap) -> Option<String> {
+        let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let host = text("host");
+        if let Some(host) = host {
+            let name = host_name(host);
+            let known = name.parse::<std::net::IpAddr>().is_ok()
+                || name.eq_ignore_ascii_case("localhost")
+                || self
+                    .allowed_hosts
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name));
+            if !known {
+                return Some(format!(
+                    "Host {host:?} is not this runtime's: use an IP address or localhost, or \
+                     start it with --allowed-host {name}"
+                ));
+            }
+        }
+        if let Some(origin) = text("origin") {
+            let own = host.is_some_and(|host| {
+                origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"))
+                    .is_some_and(|o| o.eq_ignore_ascii_case(host))
+            });
+            if !own {
+                return Some(format!(
+                    "a page of another origin ({origin}) may not use this runtime"
+                ));
+            }
+        }
+        if text("sec-fetch-site") == Some("cross-site") {
+            return Some("a page of another site may not use this runtime".into());
+        }
+        None
+    }
+
+    /// Whether the request carries the token, when one is required.
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        headers
+            .get(names::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| digest(given.trim().as_bytes()) == *token)
+    }
+}
+
+/// The host part of a `Host` header: `name`, `name:port`, `[v6]:port`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+async fn same_site(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    match guard.foreign(request.headers()) {
+        Some(why) => error(StatusCode::FORBIDDEN, why).into_response(),
+        None => next.run(request).await,
+    }
+}
+
+async fn authorize(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    if guard.authorized(request.headers()) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "this runtime requires Authorization: Bearer <its token> (--auth-token)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(names::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+async fn healthz() -> &'static str {
+    "ok"
 }
 
 impl statefun_core::ingress::Exposure for RuntimeHandle {
@@ -131,15 +287,24 @@ async fn get_metrics(State(handle): State<RuntimeHandle>) -> Response {
 }
 
 async fn post_message(
-    State(handle): State<RuntimeHandle>,
+    State(Ingress {
+        handle,
+        body_read_timeout,
+    }): State<Ingress>,
     Path((namespace, ty, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Rejection> {
     contract::address(&namespace, &ty, &id, &handle)?;
     let limit = handle.max_body_bytes();
-    let bytes = to_bytes(body, limit)
+    let bytes = tokio::time::timeout(body_read_timeout, to_bytes(body, limit))
         .await
+        .map_err(|_| {
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {body_read_timeout:?}"),
+            )
+        })?
         .map_err(|_| contract::too_large(limit))?;
     let request = contract::Request {
         namespace: &namespace,

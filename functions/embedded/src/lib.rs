@@ -35,11 +35,13 @@ mod engine;
 pub mod ingress;
 mod layout;
 mod metrics;
+mod server;
 mod store;
 mod verify;
 
 pub use engine::HTTP_INGRESS;
 pub use metrics::Metrics;
+pub use server::{HttpConfig, Served, raise_open_files_limit};
 pub use store::DeadLetter;
 pub use verify::{Report as VerifyReport, verify_at};
 

@@ -37,10 +37,28 @@ impl Server {
 
     /// Starts `<binary> run` (any binary built on statefun-lambda) likewise.
     pub fn start_binary(binary: &str, data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command.args(["run", "--port", "0", "--data-dir"]);
+        command.arg(data_dir).args(extra);
+        Self::spawn(command)
+    }
+
+    /// Starts `statefun-lambda run` with its open-files limit (soft and hard) lowered
+    /// to `open_files`, as a service manager may start it.
+    pub fn start_with_open_files(data_dir: &Path, extra: &[&str], open_files: u64) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_statefun-lambda"))
             .args(["run", "--port", "0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -88,14 +106,19 @@ impl Server {
         (self.stdout.clone(), self.stderr.clone())
     }
 
-    /// Stops it as a service manager would (SIGTERM) and waits for its exit.
-    pub fn stop(mut self) -> (Lines, Lines) {
+    /// Sends it a signal (`TERM`, `INT`, …).
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
-            .expect("kill -TERM");
-        assert!(sent.success(), "kill -TERM {pid}");
+            .expect("kill");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Stops it as a service manager would (SIGTERM) and waits for its exit.
+    pub fn stop(mut self) -> (Lines, Lines) {
+        self.signal("TERM");
         let status = self.wait_exit(Settling::STALL);
         assert!(status.success(), "a stop must exit cleanly: {status}");
         (self.stdout.clone(), self.stderr.clone())
@@ -184,9 +207,15 @@ pub fn http(
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
