@@ -300,6 +300,18 @@ pub(crate) struct RunArgs<A: clap::Args> {
     /// cheaper rounds. 0: the same priority.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=39))]
     engine_nice: i32,
+    /// Messages the engine may hold queued (all function types); past it a POST is
+    /// answered 503 with Retry-After.
+    #[arg(long, default_value_t = statefun_embedded::QueueLimits::default().max_messages)]
+    max_queued_messages: usize,
+    /// Bytes the queued messages may take (payloads plus 256 each): memory stays
+    /// bounded whatever the payload size. Past it a POST is answered 503.
+    #[arg(long, default_value_t = statefun_embedded::QueueLimits::default().max_bytes)]
+    max_queued_bytes: usize,
+    /// The percentage of both queue limits one function type may take; past it a POST
+    /// to that type is answered 429, and the others keep being accepted.
+    #[arg(long, default_value_t = statefun_embedded::QueueLimits::default().type_share_percent, value_parser = clap::value_parser!(u8).range(1..=100))]
+    max_queued_share: u8,
     /// Longest wait for a request's headers; a client that never finishes them is closed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
@@ -388,6 +400,11 @@ async fn run<A: clap::Args + FromArgMatches + 'static>(
         .context("registering the functions")?;
     let mut config = EmbeddedConfig::new(&args.data_dir);
     config.max_body_bytes = args.max_body_bytes;
+    config.queue = statefun_embedded::QueueLimits {
+        max_messages: args.max_queued_messages,
+        max_bytes: args.max_queued_bytes,
+        type_share_percent: args.max_queued_share,
+    };
     config.max_batch_messages = args.max_batch_messages.max(1);
     config.durable_interval = std::time::Duration::from_millis(args.durable_interval_ms);
     config.engine_nice = args.engine_nice;

@@ -30,8 +30,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, Durability, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable,
-    Table, WriteTransaction,
+    Durability, MultimapTable, ReadableDatabase, ReadableMultimapTable, ReadableTable, Table,
+    WriteTransaction,
 };
 use statefun_core::batch::RemoteBatch;
 use statefun_core::dedup::DedupKey;
@@ -46,14 +46,19 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::accept::Accept;
-use crate::metrics::Metrics;
+use crate::admission::{Admission, footprint};
+use crate::metrics::{ENGINE_FILE, Metrics};
 use crate::store::{
-    self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, InboxEntry, META, NEXT_SEQ, STATE, TIMER_TOKENS,
-    TIMERS, TimerEntry,
+    self, DEAD_LETTERS, DEDUP, DeadLetter, INBOX, InboxEntry, META, NEXT_SEQ, STATE, SharedDb,
+    TIMER_TOKENS, TIMERS, TimerEntry,
 };
-use crate::{EgressSink, EmbeddedConfig, EmbeddedError, KeyReused, Status};
+use crate::{EgressSink, EmbeddedConfig, EmbeddedError, Status};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+
+/// The payload bytes one round takes at most (past its first message): a round copies
+/// what it invokes, so its memory is bounded in bytes as the queue is.
+const ROUND_BYTES: usize = 16 << 20;
 
 /// The source name of messages accepted by the HTTP ingress.
 pub const HTTP_INGRESS: &str = "ingress/http";
@@ -62,7 +67,7 @@ pub(crate) struct IngressRequest {
     pub(crate) target: Address,
     pub(crate) value: TypedValue,
     pub(crate) key: Option<String>,
-    pub(crate) reply: oneshot::Sender<Result<MessageId, KeyReused>>,
+    pub(crate) reply: oneshot::Sender<Result<MessageId, EmbeddedError>>,
 }
 
 pub(crate) enum Command {
@@ -200,7 +205,7 @@ impl Tables<'_> {
 }
 
 pub(crate) struct Engine {
-    db: Arc<Database>,
+    store: Arc<SharedDb>,
     registry: Arc<Registry>,
     config: EmbeddedConfig,
     clock: Arc<dyn Clock>,
@@ -235,6 +240,16 @@ pub(crate) struct Engine {
     undurable_since: Option<Instant>,
     /// Accepted rows settled by those commits: handed over once they are durable.
     awaiting_durable: Vec<u64>,
+    /// The same rows, for a rebuild after the file was opened again (which drops the
+    /// commits that were not durable): those still pending (moved for a retry) ...
+    undurable_rows: HashSet<u64>,
+    /// ... and the entries of those applied or dead-lettered.
+    undurable_entries: Vec<(u64, InboxEntry)>,
+    /// Rounds failed in a row on the store (0: it works).
+    faults: u32,
+    /// The queue's room: the engine counts its own messages in, and every settled one
+    /// out.
+    admission: Arc<Admission>,
 }
 
 /// What the engine starts from: the recovered inbox and timers, the sequence counter it
@@ -244,6 +259,7 @@ pub(crate) struct Start {
     pub(crate) seqs: Arc<AtomicU64>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) acceptor: Sender<Accept>,
+    pub(crate) admission: Arc<Admission>,
 }
 
 /// Lowers the calling thread's CPU priority by `steps` nice values (see
@@ -264,7 +280,7 @@ pub(crate) fn lower_priority(steps: i32) -> std::io::Result<()> {
 
 impl Engine {
     pub(crate) fn new(
-        db: Arc<Database>,
+        store: Arc<SharedDb>,
         registry: Arc<Registry>,
         config: EmbeddedConfig,
         clock: Arc<dyn Clock>,
@@ -277,8 +293,15 @@ impl Engine {
             seqs,
             metrics,
             acceptor,
+            admission,
         } = start;
-        let txn = db.begin_write()?;
+        for (_, entry) in &recovered.inbox {
+            admission.add(
+                &entry.envelope.target.function_type,
+                footprint(&entry.envelope.value),
+            );
+        }
+        let txn = store.get()?.begin_write()?;
         store::prune_dedup(&txn, clock.now_ms())?;
         txn.commit()?;
         info!(
@@ -287,7 +310,7 @@ impl Engine {
             "recovered the inbox and timers"
         );
         Ok(Engine {
-            db,
+            store,
             registry,
             config,
             clock,
@@ -310,6 +333,10 @@ impl Engine {
             acceptor,
             undurable_since: None,
             awaiting_durable: Vec::new(),
+            undurable_rows: HashSet::new(),
+            undurable_entries: Vec::new(),
+            faults: 0,
+            admission,
         })
     }
 
@@ -354,10 +381,14 @@ impl Engine {
             timers: self.timers.len(),
             next_timer_due_ms: self.timers.first().map(|(due, _)| *due),
             commits: self.commits,
+            queued_bytes: self.admission.queued_bytes(),
         }
     }
 
-    /// Runs rounds until shut down.
+    /// Runs rounds until shut down. A round that fails on the store (disk full, an I/O
+    /// error) or on egress output is retried with the failure policy's backoff after
+    /// the file is opened again and the engine's memory rebuilt from it: the recovery
+    /// of a restart, without the restart.
     pub(crate) fn run(mut self) -> Result<(), EmbeddedError> {
         let mut shutting_down = false;
         while !shutting_down {
@@ -372,10 +403,110 @@ impl Engine {
             while let Ok(command) = self.rx.try_recv() {
                 shutting_down |= self.obey(command);
             }
-            self.round()?;
+            match self.round() {
+                Ok(()) => self.recovered(),
+                Err(e) => shutting_down |= self.fault(&e),
+            }
         }
         self.make_durable()?;
         info!("engine stopped");
+        Ok(())
+    }
+
+    /// A round that worked (durably: see `durable_due`) after failures: the fault is
+    /// over.
+    fn recovered(&mut self) {
+        if self.faults > 0 && self.undurable_since.is_none() {
+            self.faults = 0;
+            if self.metrics.storage_fault(ENGINE_FILE, None) {
+                info!("the engine file can be written again: applying messages");
+            }
+        }
+    }
+
+    /// A round failed: shows the fault, waits out the backoff (answering commands
+    /// meanwhile), opens the file again and rebuilds from it. True if a shutdown came.
+    fn fault(&mut self, e: &EmbeddedError) -> bool {
+        self.faults = self.faults.saturating_add(1);
+        let reason = e.to_string();
+        if self
+            .metrics
+            .storage_fault(ENGINE_FILE, Some(reason.clone()))
+        {
+            error!(%reason, "a round failed on the store: retrying with backoff, nothing is lost");
+        } else {
+            debug!(%reason, attempt = self.faults, "the round failed again");
+        }
+        let until = Instant::now() + self.config.batch.retry.backoff(self.faults);
+        while let Some(wait) = until.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(wait) {
+                Ok(command) => {
+                    if self.obey(command) {
+                        return true;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+        if let Err(e) = self.store.reopen().and_then(|()| self.rebuild()) {
+            debug!(reason = %e, "opening the engine file again failed; retrying");
+        }
+        false
+    }
+
+    /// After the file was opened again: the engine's memory as a restart would read it
+    /// (its inbox and timers, no cache, no call in flight), plus the accept file's
+    /// rows it holds, and those settled only by commits that were not durable.
+    fn rebuild(&mut self) -> Result<(), EmbeddedError> {
+        let (own, timers) = store::engine_rows(&*self.store.get()?)?;
+        for entry in self.pending.values() {
+            let envelope = &entry.envelope;
+            self.admission
+                .release(&envelope.target.function_type, footprint(&envelope.value));
+        }
+        let mut accepted: BTreeMap<u64, InboxEntry> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|(row, _)| self.accepted.contains(row) || self.undurable_rows.contains(row))
+            .collect();
+        accepted.extend(std::mem::take(&mut self.undurable_entries));
+        self.undurable_rows.clear();
+        self.awaiting_durable.clear();
+        self.pending = own.into_iter().collect();
+        self.accepted.clear();
+        let mut stale = Vec::new();
+        for (row, entry) in accepted {
+            if self.pending.contains_key(&row) {
+                // Moved into the engine's file for a retry, durably after all.
+                stale.push(row);
+            } else {
+                self.accepted.insert(row);
+                self.pending.insert(row, entry);
+            }
+        }
+        for entry in self.pending.values() {
+            let envelope = &entry.envelope;
+            self.admission
+                .add(&envelope.target.function_type, footprint(&envelope.value));
+        }
+        if !stale.is_empty() {
+            let _ = self.acceptor.send(Accept::Settled(stale));
+        }
+        self.timers = timers.into_iter().collect();
+        self.cache.clear();
+        // A call's outcome was computed on state the reopened file may not have: its
+        // messages run again.
+        for (_, call) in self.inflight.drain() {
+            call.call.abort();
+        }
+        self.undurable_since = None;
+        self.metrics.inbox_depth.set(self.pending.len() as i64);
+        self.metrics.timers_pending.set(self.timers.len() as i64);
+        debug!(
+            pending = self.pending.len(),
+            timers = self.timers.len(),
+            "opened the engine file again and rebuilt from it"
+        );
         Ok(())
     }
 
@@ -383,7 +514,9 @@ impl Engine {
     /// docs/DESIGN.md, "The embedded runtime").
     fn durable_due(&self) -> bool {
         let interval = self.config.durable_interval;
+        // After a fault only a durable commit tells that the disk takes writes again.
         interval.is_zero()
+            || self.faults > 0
             || self
                 .undurable_since
                 .is_some_and(|since| since.elapsed() >= interval)
@@ -392,6 +525,8 @@ impl Engine {
     /// After a durable commit: the accepted rows settled so far go to the accept thread.
     fn durable(&mut self) {
         self.undurable_since = None;
+        self.undurable_rows.clear();
+        self.undurable_entries.clear();
         if !self.awaiting_durable.is_empty() {
             // The accept thread may have stopped: the rows come again and are recognised.
             let rows = std::mem::take(&mut self.awaiting_durable);
@@ -402,7 +537,8 @@ impl Engine {
     /// Makes every commit so far durable (an empty durable commit).
     fn make_durable(&mut self) -> Result<(), EmbeddedError> {
         if self.undurable_since.is_some() {
-            let txn = self.db.begin_write()?;
+            let db = self.store.get()?;
+            let txn = db.begin_write()?;
             txn.open_table(META)?
                 .insert(NEXT_SEQ, self.seqs.load(Ordering::SeqCst))?;
             txn.commit()?;
@@ -438,9 +574,9 @@ impl Engine {
         let instant = Instant::now();
         let mut index: HashMap<&Address, usize> = HashMap::new();
         let mut groups: Vec<(Address, Vec<u64>)> = Vec::new();
-        let mut taken = 0;
+        let (mut taken, mut bytes) = (0, 0);
         for (&seq, entry) in &self.pending {
-            if taken == self.config.max_batch_messages {
+            if taken == self.config.max_batch_messages || bytes >= ROUND_BYTES {
                 break;
             }
             let target = &entry.envelope.target;
@@ -458,6 +594,7 @@ impl Engine {
                 }
             }
             taken += 1;
+            bytes += footprint(&entry.envelope.value);
         }
         groups
     }
@@ -475,7 +612,8 @@ impl Engine {
             if self.cache.len() + misses.len() > self.config.cache_capacity {
                 self.cache.clear();
             }
-            let txn = self.db.begin_read()?;
+            let db = self.store.get()?;
+            let txn = db.begin_read()?;
             let table = txn.open_table(STATE)?;
             for address in misses {
                 let state = match table.get(store::address_key(address).as_slice())? {
@@ -514,7 +652,7 @@ impl Engine {
                 .iter()
                 .map(|(_, a, keys)| (a.clone(), keys.clone()))
                 .collect();
-            let found = store::read_dedup(&self.db, &requests)?;
+            let found = store::read_dedup(&*self.store.get()?, &requests)?;
             for ((i, _, _), entries) in lookups.iter().zip(found) {
                 if let Some(state) = loaded[*i].as_mut() {
                     state.dedup.absorb(entries);
@@ -558,7 +696,8 @@ impl Engine {
             .zip(&outcomes)
             .map(|((_, seqs), outcome)| self.split(seqs, outcome))
             .collect();
-        let mut txn = self.db.begin_write()?;
+        let db = self.store.get()?;
+        let mut txn = db.begin_write()?;
         let states = outcomes
             .iter()
             .any(|o| !o.resend.is_empty() || o.commit.is_some());
@@ -589,7 +728,7 @@ impl Engine {
                 self.egress.emit(record)?;
             }
             self.egress.flush()?;
-            txn = self.db.begin_write()?;
+            txn = db.begin_write()?;
         }
         let mut dead = Vec::new();
         // Accepted rows this commit settles: removed from the accept thread's file after.
@@ -682,6 +821,9 @@ impl Engine {
         for s in &settled {
             self.accepted.remove(s);
         }
+        if !durable {
+            self.undurable_rows.extend(settled.iter().copied());
+        }
         self.awaiting_durable.extend(settled);
         if durable {
             self.durable();
@@ -709,14 +851,19 @@ impl Engine {
 
         for ((address, _), (done, culprit)) in groups.iter().zip(&splits) {
             for s in done {
-                self.pending.remove(s);
+                self.settle(*s);
             }
             if culprit.is_none() {
                 self.retry_at.remove(address);
             }
         }
         for (culprit, ..) in dead {
-            self.pending.remove(&culprit);
+            self.settle(culprit);
+        }
+        for (_, entry) in &delta.new_inbox {
+            let envelope = &entry.envelope;
+            self.admission
+                .add(&envelope.target.function_type, footprint(&envelope.value));
         }
         self.pending.extend(delta.new_inbox);
         for key in delta.timers_removed {
@@ -724,8 +871,23 @@ impl Engine {
         }
         self.timers.extend(delta.timers_added);
         self.metrics.inbox_depth.set(self.pending.len() as i64);
+        self.metrics
+            .queued_bytes
+            .set(self.admission.queued_bytes() as i64);
         self.metrics.timers_pending.set(self.timers.len() as i64);
         Ok(())
+    }
+
+    /// A pending message is done with (applied or dead-lettered): its room goes back.
+    fn settle(&mut self, row: u64) {
+        if let Some(entry) = self.pending.remove(&row) {
+            let envelope = &entry.envelope;
+            self.admission
+                .release(&envelope.target.function_type, footprint(&envelope.value));
+            if self.undurable_rows.remove(&row) {
+                self.undurable_entries.push((row, entry));
+            }
+        }
     }
 
     /// Starts the remote functions' batches as tasks: each answers in a later round

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::server::{self, HttpConfig, Served};
-use crate::{EmbeddedError, RuntimeHandle};
+use crate::{EmbeddedError, Overloaded, RuntimeHandle};
 
 /// A rejected request: a status and a message saying what is wrong.
 #[derive(Debug)]
@@ -45,7 +45,15 @@ pub struct Rejection {
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        let body = axum::Json(json!({ "error": self.message }));
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            // Refused for now, not for good: when to come back.
+            return (self.status, [(names::RETRY_AFTER, "1")], body).into_response();
+        }
+        (self.status, body).into_response()
     }
 }
 
@@ -54,6 +62,20 @@ fn error(status: StatusCode, message: impl Into<String>) -> Rejection {
         status,
         message: message.into(),
     }
+}
+
+/// What a message that was not accepted is answered.
+fn refused(handle: &RuntimeHandle, e: EmbeddedError) -> Rejection {
+    let status = match &e {
+        EmbeddedError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        EmbeddedError::Overloaded(Overloaded::FunctionType { .. }) => StatusCode::TOO_MANY_REQUESTS,
+        EmbeddedError::NotDurable(_) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if status != StatusCode::UNPROCESSABLE_ENTITY {
+        handle.metrics().refused(status.as_u16());
+    }
+    error(status, e.to_string())
 }
 
 /// The routes' state: the runtime and the HTTP limits the handlers apply.
@@ -125,7 +147,15 @@ pub async fn serve_with(
     config: &HttpConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<Served> {
-    server::serve(listener, router_with(handle, config), config, shutdown).await
+    let metrics = handle.metrics.clone();
+    server::serve(
+        listener,
+        router_with(handle, config),
+        metrics,
+        config,
+        shutdown,
+    )
+    .await
 }
 
 /// Who may ask: the browser and token rules of the module docs.
@@ -235,8 +265,13 @@ async fn authorize(State(guard): State<Arc<Guard>>, request: Request, next: Next
     response
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `ok`, or `503` with the reason while a store file cannot be written.
+async fn healthz(State(handle): State<RuntimeHandle>) -> Response {
+    let faults = handle.metrics().faults();
+    if faults.is_empty() {
+        return "ok".into_response();
+    }
+    error(StatusCode::SERVICE_UNAVAILABLE, faults.join("; ")).into_response()
 }
 
 impl statefun_core::ingress::Exposure for RuntimeHandle {
@@ -272,7 +307,10 @@ async fn get_status(State(handle): State<RuntimeHandle>) -> Result<Response, Rej
         .status()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    Ok(axum::Json(status).into_response())
+    let mut json = serde_json::to_value(status)
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    json["faults"] = json!(handle.metrics().faults());
+    Ok(axum::Json(json).into_response())
 }
 
 async fn get_metrics(State(handle): State<RuntimeHandle>) -> Response {
@@ -319,10 +357,7 @@ async fn post_message(
     let id = handle
         .submit(accepted.target, accepted.value, accepted.idempotency_key)
         .await
-        .map_err(|e| match e {
-            EmbeddedError::KeyReused(_) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-            e => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        })?;
+        .map_err(|e| refused(&handle, e))?;
     debug!(address = %target, message_id = %id, "accepted");
     let body = axum::Json(json!({ "message_id": id.to_string() }));
     Ok((StatusCode::ACCEPTED, body).into_response())

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use statefun_core::InstanceState;
 use statefun_core::dedup::DedupEntry;
 use statefun_core::format::Versioned;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::EmbeddedError;
 use crate::store::{
@@ -123,11 +123,23 @@ fn refuse_empty(path: &Path) -> Result<(), EmbeddedError> {
 /// Opens a store file; a repair the storage engine makes (after a crash, or a damaged
 /// commit slot, when it falls back to the commit before) is logged at WARN.
 pub(crate) fn open_db(path: &Path) -> Result<Database, EmbeddedError> {
+    open_with(path, true)
+}
+
+/// Opens a store file again after an I/O error of a running runtime: its repair is
+/// expected (the fault was logged already), so it is logged at DEBUG.
+pub(crate) fn reopen_db(path: &Path) -> Result<Database, EmbeddedError> {
+    open_with(path, false)
+}
+
+fn open_with(path: &Path, loud: bool) -> Result<Database, EmbeddedError> {
     let shown = path.display().to_string();
     let mut builder = Database::builder();
     builder.set_repair_callback(move |session| {
-        if session.progress() == 0.0 {
+        if session.progress() == 0.0 && loud {
             warn!(file = %shown, "the store file was not closed cleanly or its last commit is damaged: redb is repairing it; commits that were not durable are dropped, and what they held comes again from the other file or the sender");
+        } else if session.progress() == 0.0 {
+            debug!(file = %shown, "repairing the store file after an I/O error");
         }
     });
     builder.open(path).map_err(|e| match e {

@@ -21,7 +21,6 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redb::Database;
 use statefun_core::ports::{Clock, SystemClock};
 use statefun_core::{
     Address, BatchConfig, EgressRecord, Envelope, MessageId, Registry, TypeName, TypedValue,
@@ -31,6 +30,7 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 mod accept;
+mod admission;
 mod engine;
 pub mod ingress;
 mod layout;
@@ -39,6 +39,7 @@ mod server;
 mod store;
 mod verify;
 
+pub use admission::{OVERHEAD, Overloaded, QueueLimits};
 pub use engine::HTTP_INGRESS;
 pub use metrics::Metrics;
 pub use server::{HttpConfig, Served, raise_open_files_limit};
@@ -46,6 +47,7 @@ pub use store::DeadLetter;
 pub use verify::{Report as VerifyReport, verify_at};
 
 use accept::{Accept, Acceptor};
+use admission::Admission;
 use engine::{Command, Engine, IngressRequest};
 
 /// Failures of the embedded runtime itself (not of functions, which are retried or
@@ -65,8 +67,14 @@ pub enum EmbeddedError {
     Egress(#[from] std::io::Error),
     #[error("the engine thread stopped")]
     EngineGone,
+    /// A message could not be written to disk (disk full, an I/O error): nothing of it
+    /// was accepted.
+    #[error("the message could not be made durable: {0}")]
+    NotDurable(String),
     #[error(transparent)]
     KeyReused(#[from] KeyReused),
+    #[error(transparent)]
+    Overloaded(#[from] Overloaded),
 }
 
 /// What the engine has in hand: for operators (`GET /status`) and for tests that wait
@@ -85,6 +93,10 @@ pub struct Status {
     pub next_timer_due_ms: Option<u64>,
     /// Rounds committed since the runtime started.
     pub commits: u64,
+    /// The bytes the queued messages count for (payloads and their overhead), against
+    /// `--max-queued-bytes`.
+    #[serde(default)]
+    pub queued_bytes: usize,
 }
 
 impl Status {
@@ -202,6 +214,9 @@ pub struct EmbeddedConfig {
     pub max_batch_messages: usize,
     /// Largest HTTP ingress body.
     pub max_body_bytes: usize,
+    /// How much the engine may hold queued, in messages and bytes, and one function
+    /// type's share of it.
+    pub queue: QueueLimits,
     /// How long an `Idempotency-Key` is remembered.
     pub ingress_key_retention: Duration,
     /// Instance records kept in memory before the cache starts over.
@@ -231,6 +246,7 @@ impl EmbeddedConfig {
             batch,
             max_batch_messages: 4096,
             max_body_bytes: batch.limits.max_message_bytes,
+            queue: QueueLimits::default(),
             ingress_key_retention: Duration::from_secs(24 * 3600),
             cache_capacity: 1_000_000,
             durable_interval: Duration::from_millis(10),
@@ -321,12 +337,13 @@ pub struct Runtime {
 pub struct RuntimeHandle {
     tx: Sender<Command>,
     accept: Sender<Accept>,
-    db: Arc<Database>,
+    db: Arc<store::SharedDb>,
     registry: Arc<Registry>,
     remote: Option<Arc<HttpFunctions>>,
     clock: Arc<dyn Clock>,
     max_body_bytes: usize,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -352,7 +369,10 @@ impl Runtime {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, EmbeddedError> {
         let (db, accepted) = store::open(&config.data_dir)?;
-        let db = Arc::new(db);
+        let db = Arc::new(store::SharedDb::new(
+            config.data_dir.join(layout::MAIN_FILE),
+            db,
+        ));
         let registry = Arc::new(registry);
         let (tx, rx) = mpsc::channel();
         let max_body_bytes = config.max_body_bytes;
@@ -366,8 +386,10 @@ impl Runtime {
             ));
         }
         let metrics = Arc::new(Metrics::default());
-        let mut recovered = store::recover(&db, &accepted)?;
+        let admission = Arc::new(Admission::new(config.queue));
+        let mut recovered = store::recover(&*db.get()?, &accepted)?;
         let stale = std::mem::take(&mut recovered.stale);
+        let outstanding = recovered.accepted.iter().copied().collect();
         let seqs = Arc::new(AtomicU64::new(recovered.next_seq));
         // Settled rows' removal is durable within a quarter of the dedup retention (and
         // within a second): a crash brings back only messages still recognised.
@@ -375,6 +397,7 @@ impl Runtime {
         let key_retention = config.ingress_key_retention;
         let engine_nice = config.engine_nice;
         let (accept, accept_rx) = mpsc::channel();
+        let accept_path = config.data_dir.join(layout::ACCEPTED_FILE);
         let engine = Engine::new(
             db.clone(),
             registry.clone(),
@@ -387,16 +410,21 @@ impl Runtime {
                 seqs: seqs.clone(),
                 metrics: metrics.clone(),
                 acceptor: accept.clone(),
+                admission: admission.clone(),
             },
         )?;
         let acceptor = Acceptor {
-            db: accepted,
+            db: Some(accepted),
+            path: accept_path,
+            outstanding,
+            room: (4 * max_body_bytes as u64).max(1 << 20),
             seqs,
             clock: clock.clone(),
             engine: tx.clone(),
             metrics: metrics.clone(),
             flush_within,
             key_retention,
+            admission: admission.clone(),
         };
         let acceptor = std::thread::Builder::new()
             .name("statefun-accept".into())
@@ -425,6 +453,7 @@ impl Runtime {
                 clock,
                 max_body_bytes,
                 metrics,
+                admission,
             },
             engine,
             acceptor,
@@ -468,13 +497,17 @@ impl RuntimeHandle {
     /// Durably accepts a message for `target`; returns its id once it is on disk. The
     /// same `idempotency_key` for the same target within the retention window returns
     /// the first id and enqueues nothing; with another message it is refused
-    /// ([`KeyReused`]). Keys are scoped to their target, as on AWS.
+    /// ([`KeyReused`]). Keys are scoped to their target, as on AWS. Refused at once
+    /// ([`Overloaded`]) when the queue, or the target's function type's share of it,
+    /// is full.
     pub async fn submit(
         &self,
         target: Address,
         value: TypedValue,
         idempotency_key: Option<String>,
     ) -> Result<MessageId, EmbeddedError> {
+        self.admission
+            .admit(&target.function_type, admission::footprint(&value))?;
         let (reply, rx) = oneshot::channel();
         let request = IngressRequest {
             target,
@@ -482,10 +515,18 @@ impl RuntimeHandle {
             key: idempotency_key,
             reply,
         };
-        self.accept
-            .send(Accept::Request(request))
-            .map_err(|_| EmbeddedError::EngineGone)?;
-        Ok(rx.await.map_err(|_| EmbeddedError::EngineGone)??)
+        // From here on the accept thread gives the room back for what it does not
+        // enqueue (a key's repeat, a refusal, a failed commit).
+        if let Err(mpsc::SendError(Accept::Request(request))) =
+            self.accept.send(Accept::Request(request))
+        {
+            self.admission.release(
+                &request.target.function_type,
+                admission::footprint(&request.value),
+            );
+            return Err(EmbeddedError::EngineGone);
+        }
+        rx.await.map_err(|_| EmbeddedError::EngineGone)?
     }
 
     /// What the engine has in hand right now.
@@ -520,7 +561,7 @@ impl RuntimeHandle {
 
     /// The instance's committed state as JSON (see [`statefun_core::view::state_json`]).
     pub fn state_json(&self, address: &Address) -> Result<serde_json::Value, EmbeddedError> {
-        let record = store::read_state(&self.db, address)?;
+        let record = store::read_state(&*self.db.get()?, address)?;
         Ok(statefun_core::view::state_json(
             address,
             record.as_ref(),
@@ -530,7 +571,7 @@ impl RuntimeHandle {
 
     /// Messages given up on, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, EmbeddedError> {
-        Ok(store::dead_letters(&self.db)?
+        Ok(store::dead_letters(&*self.db.get()?)?
             .into_iter()
             .map(|(_, letter)| letter)
             .collect())

@@ -24,6 +24,16 @@ pub(crate) struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct File {
+    pub(crate) file: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Status {
+    pub(crate) status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct Transaction {
     pub(crate) transaction: &'static str,
 }
@@ -48,7 +58,18 @@ pub struct Metrics {
     pub(crate) remote_call_seconds: Family<FunctionType, Histogram>,
     pub(crate) remote_call_failures: Family<FunctionType, Counter>,
     pub(crate) record_bytes: Histogram,
+    pub(crate) queued_bytes: Gauge,
+    pub(crate) refused: Family<Status, Counter>,
+    pub(crate) storage_faults: Family<File, Gauge>,
+    pub(crate) http_connections: Gauge,
+    pub(crate) http_requests_in_progress: Gauge,
+    /// Why each file cannot be written right now, if it cannot.
+    faults: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
+
+/// The store files, as faults name them.
+pub(crate) const ACCEPT_FILE: &str = "accepted";
+pub(crate) const ENGINE_FILE: &str = "engine";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -69,6 +90,12 @@ impl Default for Metrics {
             }),
             remote_call_failures: Family::default(),
             record_bytes: Histogram::new(exponential_buckets(64.0, 4.0, 10)),
+            queued_bytes: Gauge::default(),
+            refused: Family::default(),
+            storage_faults: Family::default(),
+            http_connections: Gauge::default(),
+            http_requests_in_progress: Gauge::default(),
+            faults: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -126,6 +153,31 @@ impl Default for Metrics {
             "Size of committed instance records",
             metrics.record_bytes.clone(),
         );
+        registry.register(
+            "queued_bytes",
+            "Bytes the queued messages count for (payloads and overhead), against --max-queued-bytes",
+            metrics.queued_bytes.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests refused at once: 429 (a function type's share full), 503 (the queue full), 507 (not durable)",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "storage_fault",
+            "1 while a store file cannot be written (disk full, I/O error), by file",
+            metrics.storage_faults.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "HTTP connections open (served, not those refused at the cap)",
+            metrics.http_connections.clone(),
+        );
+        registry.register(
+            "http_requests_in_progress",
+            "HTTP requests read or answered right now",
+            metrics.http_requests_in_progress.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -178,6 +230,38 @@ impl Metrics {
         self.commit_seconds
             .get_or_create(&Transaction { transaction })
             .observe(took.as_secs_f64());
+    }
+
+    /// A store file cannot be written (`Some(reason)`) or can again (`None`). True when
+    /// this changes what was known: a fault is logged once when it starts and once
+    /// when it ends.
+    pub(crate) fn storage_fault(&self, file: &'static str, reason: Option<String>) -> bool {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match &reason {
+            Some(_) => !faults.contains_key(file),
+            None => faults.contains_key(file),
+        };
+        self.storage_faults
+            .get_or_create(&File { file })
+            .set(i64::from(reason.is_some()));
+        match reason {
+            Some(reason) => faults.insert(file, reason),
+            None => faults.remove(file),
+        };
+        changed
+    }
+
+    /// The store faults now, as `file: reason`.
+    pub fn faults(&self) -> Vec<String> {
+        let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults
+            .iter()
+            .map(|(file, reason)| format!("{file}: {reason}"))
+            .collect()
+    }
+
+    pub(crate) fn refused(&self, status: u16) {
+        self.refused.get_or_create(&Status { status }).inc();
     }
 
     pub(crate) fn dead_letter(&self, kind: FailureKind) {

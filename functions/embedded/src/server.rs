@@ -33,6 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::metrics::Metrics;
+
 /// The HTTP server's bounds and the ingress's access rules.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -131,14 +133,28 @@ struct Activity {
     last_ms: AtomicU64,
 }
 
-struct InProgress(Arc<Activity>, Instant);
+struct InProgress(Arc<Activity>, Instant, Arc<Metrics>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
+        self.2.http_requests_in_progress.dec();
         self.0
             .last_ms
             .store(self.1.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.0.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a served connection holds until it ends: its place under the cap, and its
+/// count in the metrics.
+struct Held {
+    metrics: Arc<Metrics>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.metrics.http_connections.dec();
     }
 }
 
@@ -147,6 +163,7 @@ impl Drop for InProgress {
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    metrics: Arc<Metrics>,
     config: &HttpConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<Served> {
@@ -172,7 +189,12 @@ pub(crate) async fn serve(
                     Ok(permit) => {
                         let (app, config) = (app.clone(), config.clone());
                         let stopping = stopping.clone();
-                        connections.spawn(connection(stream, peer, app, config, stopping, permit));
+                        let held = Held {
+                            metrics: metrics.clone(),
+                            _permit: permit,
+                        };
+                        held.metrics.http_connections.inc();
+                        connections.spawn(connection(stream, peer, app, config, stopping, held));
                     }
                     Err(_) => {
                         debug!(%peer, max = config.max_connections, "connection refused: at the cap");
@@ -222,16 +244,18 @@ async fn connection(
     app: Router,
     config: HttpConfig,
     mut stopping: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    held: Held,
 ) {
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = activity.clone();
+        let metrics = held.metrics.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             activity.in_progress.fetch_add(1, Ordering::Relaxed);
-            let in_progress = InProgress(activity.clone(), started);
+            metrics.http_requests_in_progress.inc();
+            let in_progress = InProgress(activity.clone(), started, metrics.clone());
             let mut app = app.clone();
             async move {
                 let response = tower_service::Service::call(&mut app, request).await;

@@ -249,16 +249,10 @@ fn next_seq(txn: &ReadTransaction) -> Result<u64, EmbeddedError> {
 }
 
 pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, EmbeddedError> {
+    let (own, timers) = engine_rows(db)?;
     let txn = db.begin_read()?;
     let accepted_txn = accepted.begin_read()?;
-    let mut inbox: BTreeMap<u64, InboxEntry> = BTreeMap::new();
-    for row in txn.open_table(INBOX)?.iter()? {
-        let (seq, bytes) = row?;
-        inbox.insert(
-            seq.value(),
-            read(&format!("inbox row {}", seq.value()), bytes.value())?,
-        );
-    }
+    let mut inbox: BTreeMap<u64, InboxEntry> = own.into_iter().collect();
     let letters = txn.open_table(DEAD_LETTERS)?;
     let (mut rows, mut stale) = (Vec::new(), Vec::new());
     for row in accepted_txn.open_table(INBOX)?.iter()? {
@@ -272,12 +266,6 @@ pub(crate) fn recover(db: &Database, accepted: &Database) -> Result<Recovered, E
         }
     }
     let next_seq = next_seq(&txn)?.max(next_seq(&accepted_txn)?);
-    let mut timers = Vec::new();
-    for row in txn.open_table(TIMERS)?.iter()? {
-        let (key, _) = row?;
-        let (due, id) = key.value();
-        timers.push((due, id.to_string()));
-    }
     Ok(Recovered {
         next_seq,
         inbox: inbox.into_iter().collect(),
@@ -554,3 +542,69 @@ mod tests {
         );
     }
 }
+
+/// The engine's file, shared with the readers of a running runtime (`GET` of state,
+/// dead letters), and opened again after an I/O error: the storage engine refuses
+/// every operation on a file after one, until it is opened again and repaired to its
+/// last commit.
+#[derive(Debug)]
+pub(crate) struct SharedDb {
+    path: std::path::PathBuf,
+    db: std::sync::RwLock<Option<std::sync::Arc<Database>>>,
+}
+
+impl SharedDb {
+    pub(crate) fn new(path: std::path::PathBuf, db: Database) -> Self {
+        SharedDb {
+            path,
+            db: std::sync::RwLock::new(Some(std::sync::Arc::new(db))),
+        }
+    }
+
+    /// The open file (for one operation: a holder keeps a reopen waiting).
+    pub(crate) fn get(&self) -> Result<std::sync::Arc<Database>, EmbeddedError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| EmbeddedError::NotDurable("the engine file is not open".into()))
+    }
+
+    /// Closes the file, once its readers are done, and opens it again.
+    pub(crate) fn reopen(&self) -> Result<(), EmbeddedError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut db) = slot.take() {
+            // Readers hold it for one read each; new ones wait for the lock.
+            while let Err(shared) = std::sync::Arc::try_unwrap(db) {
+                db = shared;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        *slot = Some(std::sync::Arc::new(crate::layout::reopen_db(&self.path)?));
+        Ok(())
+    }
+}
+
+/// The engine file's inbox rows and timers: what the engine rebuilds its memory from
+/// after the file was opened again.
+pub(crate) fn engine_rows(db: &Database) -> Result<EngineRows, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let mut inbox = Vec::new();
+    for row in txn.open_table(INBOX)?.iter()? {
+        let (seq, bytes) = row?;
+        inbox.push((
+            seq.value(),
+            read(&format!("inbox row {}", seq.value()), bytes.value())?,
+        ));
+    }
+    let mut timers = Vec::new();
+    for row in txn.open_table(TIMERS)?.iter()? {
+        let (key, _) = row?;
+        let (due, id) = key.value();
+        timers.push((due, id.to_string()));
+    }
+    Ok((inbox, timers))
+}
+
+/// Inbox rows and timer keys.
+pub(crate) type EngineRows = (Vec<(u64, InboxEntry)>, Vec<(u64, String)>);

@@ -58,6 +58,14 @@ fn wait_for_log(lines: &common::Lines, needle: &str) {
     }
 }
 
+/// Waits until the server is reading `n` held requests (besides the one asking).
+fn wait_held(s: &Server, n: usize) {
+    let needle = format!("statefun_http_requests_in_progress {}\n", n + 1);
+    assert!(s.settles(|| {
+        http(s.addr, "GET", "/metrics", &[], b"").is_ok_and(|(_, body)| body.contains(&needle))
+    }));
+}
+
 fn counter(s: &Server, id: &str) -> serde_json::Value {
     s.get_json(&format!("/example/counter/{id}"))["state"]["count"]["value"].clone()
 }
@@ -175,6 +183,7 @@ fn sigterm_stops_within_the_shutdown_timeout_whatever_a_client_holds() {
         b"POST /example/counter/t HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n1",
     );
     assert!(s.settles(|| counter(&s, "t") == 5));
+    wait_held(&s, 1);
     let (_, stderr) = s.stop();
     assert_eq!(count(&stderr, "closing them unanswered"), 1);
     let again = Server::start(dir.path(), &[]);
@@ -193,6 +202,7 @@ fn a_second_signal_exits_at_once_and_loses_nothing_answered() {
         s.addr,
         b"POST /example/counter/u HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n1",
     );
+    wait_held(&s, 1);
     s.signal("INT");
     // The first signal is waiting for the held request (an hour); the second does not.
     wait_for_log(&s.stderr, "shutting down");
@@ -281,4 +291,273 @@ fn a_token_is_required_on_every_route_but_healthz() {
     )
     .expect("post");
     assert_eq!(status, 202, "{body}");
+}
+
+/// A module whose `slow/*` functions live at an endpoint that refuses every
+/// connection: their messages are retried with backoff and never applied.
+fn down_endpoint_module(dir: &std::path::Path) -> String {
+    let path = dir.join("module.yaml");
+    std::fs::write(
+        &path,
+        "kind: io.statefun.endpoints.v2/http\n\
+         spec:\n  functions: slow/*\n  urlPathTemplate: http://127.0.0.1:1/{function.name}\n\
+         ---\n\
+         kind: io.statefun-lambda.ingress.v1/http\n\
+         spec:\n  functions:\n    - slow/echo\n    - example/counter\n",
+    )
+    .expect("module.yaml");
+    path.display().to_string()
+}
+
+#[test]
+fn a_function_type_that_cannot_keep_up_fills_only_its_share_and_is_answered_429() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = down_endpoint_module(dir.path());
+    let data = dir.path().join("data");
+    let s = Server::start(
+        &data,
+        &[
+            "--module",
+            &module,
+            "--max-queued-messages",
+            "40",
+            "--max-queued-share",
+            "50",
+        ],
+    );
+    let string = Some("application/vnd.io.statefun.types/string");
+    let mut accepted = 0;
+    let refusal = loop {
+        let (status, body) = s
+            .post(&format!("/slow/echo/{accepted}"), string, None, b"hello")
+            .expect("every POST is answered");
+        if status != 202 {
+            break (status, body);
+        }
+        accepted += 1;
+        assert!(accepted <= 20, "past its share of 40 x 50 %: {body}");
+    };
+    assert_eq!(accepted, 20);
+    assert_eq!(refusal.0, 429, "{}", refusal.1);
+    assert!(
+        refusal.1.contains("slow/echo has its share"),
+        "{}",
+        refusal.1
+    );
+    let answer = until_closed(half_sent(
+        s.addr,
+        b"POST /slow/echo/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx",
+    ));
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // Another function type is accepted and applied meanwhile.
+    for _ in 0..10 {
+        let (status, body) = s
+            .post("/example/counter/ok", LONG, None, b"1")
+            .expect("post");
+        assert_eq!(status, 202, "{body}");
+    }
+    assert!(s.settles(|| counter(&s, "ok") == 10));
+    let metrics = http(s.addr, "GET", "/metrics", &[], b"")
+        .expect("metrics")
+        .1;
+    assert!(
+        metrics.contains("statefun_requests_refused_total{status=\"429\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn the_queue_is_bounded_in_bytes_whatever_the_message_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = down_endpoint_module(dir.path());
+    let limit = 4 << 20;
+    let s = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--module",
+            &module,
+            "--max-queued-bytes",
+            &limit.to_string(),
+            "--max-queued-share",
+            "100",
+        ],
+    );
+    let payload = vec![b'x'; 128 << 10];
+    let string = Some("application/vnd.io.statefun.types/string");
+    let mut accepted = 0;
+    let (status, body) = loop {
+        let (status, body) = s
+            .post(&format!("/slow/echo/{accepted}"), string, None, &payload)
+            .expect("every POST is answered");
+        if status != 202 {
+            break (status, body);
+        }
+        accepted += 1;
+        assert!(accepted <= 32, "4 MiB hold 31 of 128 KiB: {body}");
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--max-queued-bytes"), "{body}");
+    assert_eq!(accepted, 31);
+    let queued = s.status().queued_bytes;
+    assert!(queued <= limit && queued > limit - (128 << 10), "{queued}");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped; `None` (and why) where
+/// mounting is not allowed.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mounting a tmpfs needs root (CI runs as root): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left of it (again: the store may give space back as it repairs a
+    /// file); the filler file goes when the space should return.
+    fn fill(&self) -> std::path::PathBuf {
+        let path = self.path().join("filler");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        // What a 64 KiB write did not fit.
+        while file.write_all(&[0]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn visits(s: &Server, id: &str) -> serde_json::Value {
+    s.get_json(&format!("/example/person/{id}"))["state"]["visits"]["value"].clone()
+}
+
+#[test]
+fn disk_full_answers_507_and_the_runtime_resumes_when_space_returns() {
+    let disk = match Tmpfs::mount("24m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let mut s = Server::start(&disk.path().join("data"), &[]);
+    let greet = Some("application/vnd.example/GreetRequest");
+    let name = "n".repeat(16 << 10);
+    let body = format!(r#"{{"name": "{name}"}}"#);
+    let (status, answer) = s
+        .post("/example/person/p0", greet, None, body.as_bytes())
+        .expect("post");
+    assert_eq!(status, 202, "{answer}");
+    let filler = disk.fill();
+    // Each POST needs room on disk; soon there is none.
+    let mut accepted = 1;
+    let refusal = loop {
+        let (status, answer) = s
+            .post(
+                &format!("/example/person/p{}", accepted % 4),
+                greet,
+                None,
+                body.as_bytes(),
+            )
+            .expect("every POST is answered");
+        match status {
+            202 => accepted += 1,
+            _ => break (status, answer),
+        }
+        assert!(accepted < 2_000, "the disk never filled");
+    };
+    assert_eq!(refusal.0, 507, "{}", refusal.1);
+    assert!(
+        refusal.1.contains("could not be made durable"),
+        "{}",
+        refusal.1
+    );
+    assert!(
+        refusal.1.contains("No space left on device"),
+        "{}",
+        refusal.1
+    );
+    let mut health = String::new();
+    assert!(s.settles(|| {
+        disk.fill();
+        let (status, body) = http(s.addr, "GET", "/healthz", &[], b"").expect("healthz");
+        health = body;
+        status == 503
+    }));
+    assert!(health.contains("No space left on device"), "{health}");
+    // Reads keep answering meanwhile.
+    assert_eq!(s.get_json("/example/person/p0")["id"], "p0");
+    let status_json: serde_json::Value =
+        serde_json::from_str(&http(s.addr, "GET", "/status", &[], b"").expect("status").1)
+            .expect("status JSON");
+    assert!(
+        !status_json["faults"].as_array().expect("faults").is_empty(),
+        "{status_json}"
+    );
+    let metrics = http(s.addr, "GET", "/metrics", &[], b"")
+        .expect("metrics")
+        .1;
+    assert!(
+        metrics.contains("statefun_storage_fault{file=\""),
+        "{metrics}"
+    );
+    // Space returns: the runtime takes messages again by itself, no restart.
+    std::fs::remove_file(filler).expect("free the space");
+    assert!(s.settles(|| {
+        s.post("/example/person/p0", greet, None, body.as_bytes())
+            .is_ok_and(|(status, _)| status == 202)
+    }));
+    accepted += 1;
+    assert!(s.settles(|| {
+        http(s.addr, "GET", "/healthz", &[], b"").is_ok_and(|(status, _)| status == 200)
+    }));
+    // Every message answered 202 applied once, none of those answered 507.
+    let total = || {
+        (0..4)
+            .map(|i| visits(&s, &format!("p{i}")).as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert!(
+        s.settles(|| total() == accepted),
+        "{} of {accepted}",
+        total()
+    );
+    s.settle();
+    assert_eq!(total(), accepted);
+    assert_eq!(
+        s.child.try_wait().ok().flatten(),
+        None,
+        "the process runs on"
+    );
 }
