@@ -60,6 +60,12 @@ use prometheus_client::metrics::histogram::Histogram;
 /// what it invokes, so its memory is bounded in bytes as the queue is.
 const ROUND_BYTES: usize = 16 << 20;
 
+/// The payload bytes in calls to remote functions at once (past the first call): a
+/// call holds copies of its messages for as long as it is tried, and an endpoint that
+/// is down is tried until its timeout, so the calls' memory is bounded apart from the
+/// queue's. Addresses past it wait in the queue for a call to end.
+const REMOTE_BYTES: usize = 32 << 20;
+
 /// The source name of messages accepted by the HTTP ingress.
 pub const HTTP_INGRESS: &str = "ingress/http";
 
@@ -89,6 +95,8 @@ type Selected = (
 /// A remote function's batch in flight: its inbox rows and the call.
 struct InFlight {
     seqs: Vec<u64>,
+    /// What its messages count for (see `REMOTE_BYTES`).
+    bytes: usize,
     call: tokio::task::JoinHandle<AddressOutcome>,
 }
 
@@ -575,6 +583,8 @@ impl Engine {
         let mut index: HashMap<&Address, usize> = HashMap::new();
         let mut groups: Vec<(Address, Vec<u64>)> = Vec::new();
         let (mut taken, mut bytes) = (0, 0);
+        let mut remote_bytes: usize = self.inflight.values().map(|f| f.bytes).sum();
+        let mut held: HashSet<&Address> = HashSet::new();
         for (&seq, entry) in &self.pending {
             if taken == self.config.max_batch_messages || bytes >= ROUND_BYTES {
                 break;
@@ -585,6 +595,16 @@ impl Engine {
             {
                 continue;
             }
+            let size = footprint(&entry.envelope.value);
+            if self.config.remote.serves(&target.function_type) {
+                // An address's messages go in order: once one waits, the rest do.
+                if held.contains(target) || (remote_bytes > 0 && remote_bytes + size > REMOTE_BYTES)
+                {
+                    held.insert(target);
+                    continue;
+                }
+                remote_bytes += size;
+            }
             match index.get(target) {
                 Some(&i) if groups[i].1.len() >= self.max_batch(&target.function_type) => continue,
                 Some(&i) => groups[i].1.push(seq),
@@ -594,7 +614,7 @@ impl Engine {
                 }
             }
             taken += 1;
-            bytes += footprint(&entry.envelope.value);
+            bytes += size;
         }
         groups
     }
@@ -911,7 +931,13 @@ impl Engine {
                 let _ = wake.send(Command::RemoteDone);
                 outcome
             });
-            self.inflight.insert(address, InFlight { seqs, call });
+            let bytes = seqs
+                .iter()
+                .filter_map(|s| self.pending.get(s))
+                .map(|e| footprint(&e.envelope.value))
+                .sum();
+            self.inflight
+                .insert(address, InFlight { seqs, bytes, call });
         }
     }
 
@@ -925,7 +951,7 @@ impl Engine {
             .collect();
         let mut out = Vec::new();
         for address in done {
-            let Some(InFlight { seqs, call }) = self.inflight.remove(&address) else {
+            let Some(InFlight { seqs, call, .. }) = self.inflight.remove(&address) else {
                 continue;
             };
             let Some(tokio) = &self.tokio else { continue };

@@ -132,9 +132,22 @@ pub(crate) fn reopen_db(path: &Path) -> Result<Database, EmbeddedError> {
     open_with(path, false)
 }
 
+/// The page cache of each store file (the storage engine's default is 1 GiB a file):
+/// together with the queue's `--max-queued-bytes` it bounds the runtime's memory. The
+/// engine keeps its hot records in a cache of its own, so reads seldom reach it.
+const STORE_CACHE_BYTES: usize = 32 << 20;
+
+/// Creates (or opens) a store file with the runtime's cache size.
+fn create_db(path: &Path) -> Result<Database, EmbeddedError> {
+    Ok(Database::builder()
+        .set_cache_size(STORE_CACHE_BYTES)
+        .create(path)?)
+}
+
 fn open_with(path: &Path, loud: bool) -> Result<Database, EmbeddedError> {
     let shown = path.display().to_string();
     let mut builder = Database::builder();
+    builder.set_cache_size(STORE_CACHE_BYTES);
     builder.set_repair_callback(move |session| {
         if session.progress() == 0.0 && loud {
             warn!(file = %shown, "the store file was not closed cleanly or its last commit is damaged: redb is repairing it; commits that were not durable are dropped, and what they held comes again from the other file or the sender");
@@ -278,7 +291,7 @@ fn create(dir: &Path) -> Result<Marker, EmbeddedError> {
         created_ms: now_ms(),
     };
     for (file, main) in [(MAIN_FILE, true), (ACCEPTED_FILE, false)] {
-        let db = Database::create(dir.join(file))?;
+        let db = create_db(&dir.join(file))?;
         init_file(&db, main, marker.id)?;
     }
     write_marker(dir, &marker)?;
@@ -342,7 +355,7 @@ fn migrate(dir: &Path) -> Result<Marker, EmbeddedError> {
     }
     warn!(data_dir = %dir.display(), from, to = LAYOUT, copy = %copy.display(), "migrating the data dir to this build's layout; a copy of the old files is kept");
     let db = open_db(&main)?;
-    let acc = Database::create(dir.join(ACCEPTED_FILE))?;
+    let acc = create_db(&dir.join(ACCEPTED_FILE))?;
     let id = [file_layout(&db)?.1, file_layout(&acc)?.1]
         .into_iter()
         .flatten()

@@ -217,6 +217,8 @@ impl RemoteFunctions for HttpFunctions {
             self.largest_batch.fetch_max(n, Ordering::Relaxed);
         }
         let body = Bytes::from(request.encode_to_vec());
+        // The call may be tried for a long time: only its encoded form stays.
+        drop(request);
         if body.len() > endpoint.spec.payload_max_bytes {
             return Err(RemoteError(format!(
                 "the request to {url} is {} bytes, over payload_max_bytes {}",
