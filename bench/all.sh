@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every benchmark figure of BENCHMARKS.md into bench/figures (SVG, drawn by
 # the benchmarks themselves with plotters) and prints each one's numbers. Installs what
-# the benchmarks start, as the tests do. Takes 15-25 minutes on a 2-core machine; run it
+# the benchmarks start, as the tests do. Takes 50-60 minutes on a 2-core machine (the
+# limits bench soaks for 30; STATEFUN_SOAK_SECS=0 skips it); run it
 # on a quiet one. Usage: bench/all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,8 @@ echo "== embedded durable runtime: throughput by clients, accept latency CDF (em
 cargo bench -p statefun-embedded --bench durable
 echo "== embedded: Idempotency-Keys over three retention periods (data dir, RSS)"
 cargo bench -p statefun-embedded --bench keys
+echo "== embedded: at the machine's limits (peak RSS, isolation, disk, a 30-minute soak: soak_rss.svg)"
+cargo bench -p statefun-examples --bench limits
 echo "== AWS path on the emulators: requests, units and cost per message (aws_*.svg)"
 cargo bench -p statefun-e2e --bench aws_requests
 echo "== the Lambda package and its init time per role (lambda_init.svg)"

@@ -8,9 +8,38 @@
 //! not — so a message is never dead-lettered for tries that were not its own, and the
 //! count survives restarts and does not depend on how a queue counts receives.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// The longest failure reason a host writes into a log line or a dead letter. A reason
+/// can carry what a function or an endpoint put in it (payload fragments included), and
+/// logs and dead-letter queues are read more widely than the payloads themselves.
+pub const REASON_MAX: usize = 512;
+
+/// `reason` cut to at most `max` bytes (at a character boundary), saying how long it
+/// was when cut.
+///
+/// ```
+/// use statefun_core::failure::excerpt;
+/// assert_eq!(excerpt("short", 512), "short");
+/// assert_eq!(excerpt(&"x".repeat(600), 4), "xxxx… (600 bytes in all)");
+/// ```
+pub fn excerpt(reason: &str, max: usize) -> Cow<'_, str> {
+    if reason.len() <= max {
+        return Cow::Borrowed(reason);
+    }
+    let mut end = max;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… ({} bytes in all)",
+        &reason[..end],
+        reason.len()
+    ))
+}
 
 /// Why a message was not settled, which says what a host does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -77,7 +77,11 @@ impl BatchReport {
             self.failed.push(FailedMessage {
                 address: address.clone(),
                 id: first.clone(),
-                reason: failure.error.to_string(),
+                reason: crate::failure::excerpt(
+                    &failure.error.to_string(),
+                    crate::failure::REASON_MAX,
+                )
+                .into_owned(),
                 kind,
                 attempts: failure.attempts,
                 verdict: policy.verdict(kind, failure.attempts),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
+use statefun_core::failure::{REASON_MAX, excerpt};
 use statefun_core::ports::TransportError;
 use tracing::{error, warn};
 
@@ -46,7 +47,8 @@ impl DeadLetters {
         reason: &str,
         first_failure_ms: Option<u64>,
     ) -> Result<(), TransportError> {
-        error!(handler, record_id, group, reason, "dead-lettering");
+        let reason = excerpt(reason, REASON_MAX);
+        error!(handler, record_id, group, %reason, "dead-lettering");
         let fifo = self.queue_url.ends_with(".fifo");
         self.metrics.request("SendMessage");
         let mut request = self
@@ -56,7 +58,7 @@ impl DeadLetters {
             .message_body(if body.is_empty() { "-" } else { body })
             .set_message_group_id(fifo.then(|| crate::keys::dedup_id(group)))
             .set_message_deduplication_id(fifo.then(|| crate::keys::dedup_id(record_id)))
-            .message_attributes("Reason", attribute(&truncate(reason, 1024)))
+            .message_attributes("Reason", attribute(&reason))
             .message_attributes("Handler", attribute(handler))
             .message_attributes("SourceGroup", attribute(group));
         if let Some(at) = first_failure_ms {
@@ -73,16 +75,4 @@ impl DeadLetters {
         self.metrics.dead_lettered();
         Ok(())
     }
-}
-
-/// A reason shortened for an attribute (the full one is in the log line).
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

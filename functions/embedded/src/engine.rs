@@ -776,7 +776,11 @@ impl Engine {
                     let mut entry = self.pending[&culprit].clone();
                     entry.attempts += 1;
                     let first_failed = *entry.first_failed_ms.get_or_insert(now);
-                    let reason = failure.error.to_string();
+                    let reason = statefun_core::failure::excerpt(
+                        &failure.error.to_string(),
+                        statefun_core::failure::REASON_MAX,
+                    )
+                    .into_owned();
                     let policy = &self.config.batch.retry;
                     if let Verdict::Retry { after } =
                         policy.verdict(failure.error.kind(), failure.attempts)

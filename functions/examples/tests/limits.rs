@@ -561,3 +561,22 @@ fn disk_full_answers_507_and_the_runtime_resumes_when_space_returns() {
         "the process runs on"
     );
 }
+
+#[test]
+fn http2_is_not_served_only_http_1_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Server::start(dir.path(), &[]);
+    // An h2c client with prior knowledge opens with the HTTP/2 preface.
+    let answer = until_closed(half_sent(s.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 "),
+        "an HTTP/2 answer: {answer:?}"
+    );
+    // An upgrade request is answered over HTTP/1.1, not switched.
+    let answer = until_closed(half_sent(
+        s.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

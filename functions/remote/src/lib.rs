@@ -143,7 +143,9 @@ impl HttpFunctions {
         let call = async {
             let response = match endpoint.client.request(request).await {
                 Ok(r) => r,
-                Err(e) => return Attempt::Retry(format!("{url}: {e}")),
+                // The client's error names only its kind ("client error (Connect)"):
+                // its causes say what happened (refused, no such host, TLS).
+                Err(e) => return Attempt::Retry(format!("{url}: {}", chain(&e))),
             };
             let status = response.status();
             if !status.is_success() {
@@ -183,9 +185,28 @@ impl HttpFunctions {
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(a) => a,
-            Err(_) => Attempt::Retry(format!("{url}: no answer within {timeout:?}")),
+            Err(_) => Attempt::Retry(format!(
+                "{url}: no answer within the call timeout ({:?})",
+                endpoint.spec.call_timeout
+            )),
         }
     }
+}
+
+/// An error and its causes, as one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their cause in their own text.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl RemoteFunctions for HttpFunctions {
@@ -250,7 +271,12 @@ impl RemoteFunctions for HttpFunctions {
                             "{reason} (gave up after {attempts} attempts within the call timeout)"
                         )));
                     }
-                    warn!(function_type = %function_type, attempts, %reason, "remote call failed; retrying");
+                    // Said once per call; the engine says how the invocation ends.
+                    if attempts == 1 {
+                        warn!(function_type = %function_type, %reason, timeout = ?endpoint.spec.call_timeout, "remote call failed; retrying until the call timeout");
+                    } else {
+                        debug!(function_type = %function_type, attempts, %reason, "remote call failed again");
+                    }
                     tokio::time::sleep(policy.backoff(attempts).min(remaining)).await;
                 }
             }
