@@ -318,8 +318,9 @@ pub(crate) struct RunArgs<A: clap::Args> {
     /// Longest wait for a request's body (then 408).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     body_read_timeout: Duration,
-    /// How long a keep-alive connection may sit with no request before it is closed.
-    #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
+    /// How long a keep-alive connection may sit with no request before it is closed
+    /// (the header-read timeout, if shorter, closes it first).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Connections served at once; one more is answered 503 with Retry-After. Default
     /// 1024, or fewer when the open-files limit leaves less room.

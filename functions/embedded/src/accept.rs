@@ -70,6 +70,9 @@ pub(crate) struct Acceptor {
     /// The file's rows the engine has (or had) in hand: a reopened file's other rows
     /// are commits that landed although they reported a failure.
     pub(crate) outstanding: HashSet<u64>,
+    /// Rows removed by commits that are not durable yet: a reopened file may have them
+    /// back, and they are removed again, never handed to the engine.
+    pub(crate) removed: HashSet<u64>,
     /// The free bytes a disk that failed must have again before accepting resumes.
     pub(crate) room: u64,
 }
@@ -115,7 +118,7 @@ impl Acceptor {
     /// commit), commits durably, and hands the engine rows that landed unreported. The
     /// fault is over once that works and the disk has room for a few more messages.
     /// False while the disk has no room yet (the fault stands as it was).
-    fn probe(&mut self) -> Result<bool, EmbeddedError> {
+    fn probe(&mut self, settled: &mut Vec<u64>) -> Result<bool, EmbeddedError> {
         if !has_room(&self.path, self.room) {
             return Ok(false);
         }
@@ -127,7 +130,13 @@ impl Acceptor {
                 .insert(NEXT_SEQ, self.seqs.load(Ordering::SeqCst))?;
             for row in txn.open_table(INBOX)?.iter()? {
                 let (seq, bytes) = row?;
-                if !self.outstanding.contains(&seq.value()) {
+                let seq_row = seq.value();
+                if self.removed.contains(&seq_row) || settled.contains(&seq_row) {
+                    // Settled by the engine; its removal was lost with the reopen.
+                    if !settled.contains(&seq_row) {
+                        settled.push(seq_row);
+                    }
+                } else if !self.outstanding.contains(&seq_row) {
                     let entry: InboxEntry =
                         store::read(&format!("inbox row {}", seq.value()), bytes.value())?;
                     landed.push((seq.value(), entry));
@@ -135,6 +144,8 @@ impl Acceptor {
             }
         }
         txn.commit()?;
+        // What removals it held are in `settled` again.
+        self.removed.clear();
         if self.metrics.storage_fault(ACCEPT_FILE, None) {
             info!(
                 landed = landed.len(),
@@ -171,7 +182,7 @@ impl Acceptor {
         let mut open = true;
         while open {
             if next_probe.is_some_and(|at| at <= Instant::now()) {
-                match self.probe() {
+                match self.probe(&mut settled) {
                     Ok(true) => next_probe = None,
                     Ok(false) => next_probe = Some(Instant::now() + PROBE_EVERY),
                     Err(e) => {
@@ -229,12 +240,14 @@ impl Acceptor {
             let durable = !group.is_empty() || flush || !open;
             match self.commit(group, &settled, durable) {
                 Ok(()) => {
-                    settled.clear();
-                    unflushed = if durable {
-                        None
+                    if durable {
+                        self.removed.clear();
+                        unflushed = None;
                     } else {
-                        unflushed.or(Some(Instant::now()))
-                    };
+                        self.removed.extend(settled.iter().copied());
+                        unflushed = unflushed.or(Some(Instant::now()));
+                    }
+                    settled.clear();
                 }
                 // The group's requests were answered with the reason; the removals are
                 // made with the next commit that works.

@@ -66,6 +66,11 @@ const ROUND_BYTES: usize = 16 << 20;
 /// queue's. Addresses past it wait in the queue for a call to end.
 const REMOTE_BYTES: usize = 32 << 20;
 
+/// Whether a message of `size` may join calls already carrying `in_flight` bytes.
+fn within_remote_budget(in_flight: usize, size: usize) -> bool {
+    in_flight == 0 || in_flight + size <= REMOTE_BYTES
+}
+
 /// The source name of messages accepted by the HTTP ingress.
 pub const HTTP_INGRESS: &str = "ingress/http";
 
@@ -255,6 +260,8 @@ pub(crate) struct Engine {
     undurable_entries: Vec<(u64, InboxEntry)>,
     /// Rounds failed in a row on the store (0: it works).
     faults: u32,
+    /// The file was opened again and the memory not yet rebuilt from it.
+    needs_rebuild: bool,
     /// The queue's room: the engine counts its own messages in, and every settled one
     /// out.
     admission: Arc<Admission>,
@@ -344,20 +351,23 @@ impl Engine {
             undurable_rows: HashSet::new(),
             undurable_entries: Vec::new(),
             faults: 0,
+            needs_rebuild: false,
             admission,
         })
     }
 
     fn deliverable(&self, now: u64) -> bool {
         let instant = Instant::now();
+        let remote_bytes: usize = self.inflight.values().map(|f| f.bytes).sum();
         self.timers.first().is_some_and(|(due, _)| *due <= now)
             || self.inflight.values().any(|f| f.call.is_finished())
             || self.pending.values().any(|e| {
-                !self.inflight.contains_key(&e.envelope.target)
-                    && self
-                        .retry_at
-                        .get(&e.envelope.target)
-                        .is_none_or(|t| *t <= instant)
+                let target = &e.envelope.target;
+                !self.inflight.contains_key(target)
+                    && self.retry_at.get(target).is_none_or(|t| *t <= instant)
+                    // Held back by the calls' budget: a call's end wakes the engine.
+                    && (!self.config.remote.serves(&target.function_type)
+                        || within_remote_budget(remote_bytes, footprint(&e.envelope.value)))
             })
     }
 
@@ -411,7 +421,14 @@ impl Engine {
             while let Ok(command) = self.rx.try_recv() {
                 shutting_down |= self.obey(command);
             }
-            match self.round() {
+            let round = if self.needs_rebuild {
+                Err(EmbeddedError::NotDurable(
+                    "the engine file is being opened again".into(),
+                ))
+            } else {
+                self.round()
+            };
+            match round {
                 Ok(()) => self.recovered(),
                 Err(e) => shutting_down |= self.fault(&e),
             }
@@ -457,8 +474,12 @@ impl Engine {
                 Err(RecvTimeoutError::Disconnected) => return true,
             }
         }
-        if let Err(e) = self.store.reopen().and_then(|()| self.rebuild()) {
-            debug!(reason = %e, "opening the engine file again failed; retrying");
+        // Until a rebuild works, no round runs: the memory may hold what the reopened
+        // file dropped, and a durable round would hand such rows on as settled.
+        self.needs_rebuild = true;
+        match self.store.reopen().and_then(|()| self.rebuild()) {
+            Ok(()) => self.needs_rebuild = false,
+            Err(e) => debug!(reason = %e, "opening the engine file again failed; retrying"),
         }
         false
     }
@@ -467,7 +488,8 @@ impl Engine {
     /// (its inbox and timers, no cache, no call in flight), plus the accept file's
     /// rows it holds, and those settled only by commits that were not durable.
     fn rebuild(&mut self) -> Result<(), EmbeddedError> {
-        let (own, timers) = store::engine_rows(&*self.store.get()?)?;
+        let db = self.store.get()?;
+        let (own, timers) = store::engine_rows(&db)?;
         for entry in self.pending.values() {
             let envelope = &entry.envelope;
             self.admission
@@ -483,9 +505,11 @@ impl Engine {
         self.pending = own.into_iter().collect();
         self.accepted.clear();
         let mut stale = Vec::new();
+        let letters = store::dead_lettered(&db, accepted.keys().copied())?;
         for (row, entry) in accepted {
-            if self.pending.contains_key(&row) {
-                // Moved into the engine's file for a retry, durably after all.
+            if self.pending.contains_key(&row) || letters.contains(&row) {
+                // Moved into the engine's file for a retry, or dead-lettered, durably
+                // after all.
                 stale.push(row);
             } else {
                 self.accepted.insert(row);
@@ -595,19 +619,21 @@ impl Engine {
             {
                 continue;
             }
+            let group = index.get(target).copied();
+            if group.is_some_and(|i| groups[i].1.len() >= self.max_batch(&target.function_type)) {
+                continue;
+            }
             let size = footprint(&entry.envelope.value);
             if self.config.remote.serves(&target.function_type) {
                 // An address's messages go in order: once one waits, the rest do.
-                if held.contains(target) || (remote_bytes > 0 && remote_bytes + size > REMOTE_BYTES)
-                {
+                if held.contains(target) || !within_remote_budget(remote_bytes, size) {
                     held.insert(target);
                     continue;
                 }
                 remote_bytes += size;
             }
-            match index.get(target) {
-                Some(&i) if groups[i].1.len() >= self.max_batch(&target.function_type) => continue,
-                Some(&i) => groups[i].1.push(seq),
+            match group {
+                Some(i) => groups[i].1.push(seq),
                 None => {
                     index.insert(target, groups.len());
                     groups.push((target.clone(), vec![seq]));

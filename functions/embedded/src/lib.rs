@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -417,6 +418,7 @@ impl Runtime {
             db: Some(accepted),
             path: accept_path,
             outstanding,
+            removed: HashSet::new(),
             room: (4 * max_body_bytes as u64).max(1 << 20),
             seqs,
             clock: clock.clone(),

@@ -43,7 +43,8 @@ pub struct HttpConfig {
     /// How long a request's body may take to arrive (nginx's `client_body_timeout`).
     pub body_read_timeout: Duration,
     /// How long a keep-alive connection may sit with no request (nginx's
-    /// `keepalive_timeout`).
+    /// `keepalive_timeout`; hyper's header timer runs while a connection waits for its
+    /// next request too, so the shorter of the two applies).
     pub idle_timeout: Duration,
     /// Connections served at once; one more is answered `503`.
     pub max_connections: usize,
@@ -61,7 +62,7 @@ impl Default for HttpConfig {
         HttpConfig {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(75),
+            idle_timeout: Duration::from_secs(30),
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
             allowed_hosts: Vec::new(),
@@ -98,6 +99,12 @@ async fn refuse(mut stream: TcpStream, why: &'static str) {
     .await;
 }
 
+/// `EMFILE` or `ENFILE`: the process or the system has no descriptor left.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    // The same numbers on Linux, the BSDs and macOS.
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
 /// A descriptor kept open so that a client can still be answered when the process has
 /// none left (the spare-descriptor trick of libev and nginx's users).
 struct Spare(Option<std::fs::File>);
@@ -107,9 +114,11 @@ impl Spare {
         Spare(std::fs::File::open(std::env::temp_dir()).ok())
     }
 
-    /// Frees the reserve, answers one waiting client `503`, and takes the reserve back.
+    /// Frees the reserve, answers one waiting client `503`, and takes the reserve back
+    /// (or tries to, when it could not be taken back last time).
     async fn answer_one(&mut self, listener: &TcpListener) {
         if self.0.take().is_none() {
+            *self = Spare::new();
             return;
         }
         if let Ok(Ok((stream, _))) =
@@ -208,7 +217,9 @@ pub(crate) async fn serve(
                     error!(reason = %text, open = connections.len(), "accepting a connection failed; accepting resumes when connections close");
                     failing = Some(text);
                 }
-                spare.answer_one(&listener).await;
+                if out_of_descriptors(&e) {
+                    spare.answer_one(&listener).await;
+                }
                 // Connections that end free descriptors; wait for one, or a moment.
                 tokio::select! {
                     Some(_) = connections.join_next(), if !connections.is_empty() => {},
@@ -269,13 +280,22 @@ async fn connection(
         .header_read_timeout(config.header_read_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut closing = false;
+    // When the connection was asked to close: it gets `idle_timeout` more to finish
+    // (a client that stops reading its answer holds nothing for ever).
+    let mut closing: Option<Instant> = None;
     loop {
         let now_ms = started.elapsed().as_millis() as u64;
         let idle_ms = now_ms.saturating_sub(activity.last_ms.load(Ordering::Relaxed));
         let idle_left = config
             .idle_timeout
             .saturating_sub(Duration::from_millis(idle_ms));
+        // A request in progress is the body timeout's business: check again later.
+        let check = if activity.in_progress.load(Ordering::Relaxed) > 0 {
+            config.idle_timeout
+        } else {
+            idle_left
+        };
+        let close_by = closing.map(|since| since + config.idle_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -283,20 +303,32 @@ async fn connection(
                 }
                 return;
             }
-            _ = stopping.changed(), if !closing => {
+            _ = stopping.changed(), if closing.is_none() => {
                 conn.as_mut().graceful_shutdown();
-                closing = true;
+                closing = Some(Instant::now());
             }
-            () = tokio::time::sleep(idle_left.max(Duration::from_millis(10))), if !closing => {
+            () = tokio::time::sleep(check), if closing.is_none() => {
                 let idle = activity.in_progress.load(Ordering::Relaxed) == 0
                     && idle_left.is_zero();
                 if idle {
                     debug!(%peer, "closing an idle connection");
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    closing = Some(Instant::now());
                 }
             }
+            () = sleep_until(close_by) => {
+                debug!(%peer, "dropping a connection that did not finish closing");
+                return;
+            }
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

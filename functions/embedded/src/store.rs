@@ -562,12 +562,19 @@ impl SharedDb {
     }
 
     /// The open file (for one operation: a holder keeps a reopen waiting).
+    /// A reader never waits for a reopen (it may take a repair's time): it is told
+    /// the file is not open.
     pub(crate) fn get(&self) -> Result<std::sync::Arc<Database>, EmbeddedError> {
-        self.db
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| EmbeddedError::NotDurable("the engine file is not open".into()))
+        let slot = match self.db.try_read() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(Self::not_open()),
+        };
+        slot.clone().ok_or_else(Self::not_open)
+    }
+
+    fn not_open() -> EmbeddedError {
+        EmbeddedError::NotDurable("the engine file is being opened again".into())
     }
 
     /// Closes the file, once its readers are done, and opens it again.
@@ -604,6 +611,22 @@ pub(crate) fn engine_rows(db: &Database) -> Result<EngineRows, EmbeddedError> {
         timers.push((due, id.to_string()));
     }
     Ok((inbox, timers))
+}
+
+/// Which of `rows` have a dead letter.
+pub(crate) fn dead_lettered(
+    db: &Database,
+    rows: impl Iterator<Item = u64>,
+) -> Result<std::collections::HashSet<u64>, EmbeddedError> {
+    let txn = db.begin_read()?;
+    let letters = txn.open_table(DEAD_LETTERS)?;
+    let mut found = std::collections::HashSet::new();
+    for row in rows {
+        if letters.get(row)?.is_some() {
+            found.insert(row);
+        }
+    }
+    Ok(found)
 }
 
 /// Inbox rows and timer keys.

@@ -580,3 +580,70 @@ fn http2_is_not_served_only_http_1_1() {
     ));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[test]
+fn disk_full_again_and_again_under_traffic_applies_every_202_once() {
+    let disk = match Tmpfs::mount("24m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let s = Server::start(&disk.path().join("data"), &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // 202s and 507s the client saw.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let client = {
+        let (stop, seen, addr) = (stop.clone(), seen.clone(), s.addr);
+        std::thread::spawn(move || {
+            let body = format!(r#"{{"name": "{}"}}"#, "n".repeat(8 << 10));
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, answer) = http(
+                    addr,
+                    "POST",
+                    &format!("/example/person/q{}", i % 8),
+                    &[("Content-Type", "application/vnd.example/GreetRequest")],
+                    body.as_bytes(),
+                )
+                .expect("every POST is answered");
+                let mut seen = seen.lock().expect("seen");
+                match status {
+                    202 => seen.0 += 1,
+                    507 => seen.1 += 1,
+                    other => panic!("{other}: {answer}"),
+                }
+                i += 1;
+            }
+        })
+    };
+    let refused = || seen.lock().expect("seen").1;
+    let accepted = || seen.lock().expect("seen").0;
+    for _ in 0..4 {
+        let before = refused();
+        // Full until the client is refused (the store may give space back: fill again).
+        assert!(s.settles(|| {
+            disk.fill();
+            refused() > before
+        }));
+        std::fs::remove_file(disk.path().join("filler")).expect("free the space");
+        let ok = accepted();
+        assert!(s.settles(|| accepted() > ok));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    client.join().expect("client");
+    let total = || {
+        (0..8)
+            .map(|i| visits(&s, &format!("q{i}")).as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let accepted = accepted();
+    assert!(
+        s.settles(|| total() == accepted),
+        "{} of {accepted}",
+        total()
+    );
+    s.settle();
+    assert_eq!(total(), accepted, "every 202 applied once, no 507 applied");
+}
