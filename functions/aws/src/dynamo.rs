@@ -23,10 +23,11 @@
 //!
 //! Reads are one strongly consistent `BatchGetItem` per 100 keys (unprocessed keys
 //! retried); spilled dedup entries are read the same way, only for addresses that have
-//! them. A batch's commits are one `PutItem` when there is one with nothing beside it,
-//! else `TransactWriteItems` (up to 100 items): each instance conditional on its
-//! version. When a transaction is cancelled, conflicted commits are reported and the
-//! others retried.
+//! them. A batch's commits are written concurrently, one write per address, each
+//! conditional on its version: a `PutItem` (1 write unit per KB) when the instance item
+//! is all it writes, else one `TransactWriteItems` of that address's items only (2 per
+//! KB per item), for the cancellations and dedup entries that must land with it. A
+//! failed condition is a conflict of that address alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -51,8 +52,6 @@ use crate::metrics::Metrics;
 
 /// DynamoDB's item size limit.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
-const MAX_TRANSACTION_ITEMS: usize = 100;
-const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
 const MAX_BATCH_GET: usize = 100;
 /// How long a cancellation is honoured: delayed messages may hop for this long.
 const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -433,6 +432,8 @@ impl DynamoStore {
             Err(e) => match e.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(_)) => {
                     self.metrics.conflict();
+                    // A failed condition is billed as the write would have been.
+                    self.metrics.billed(0, units);
                     Err(CommitError::Conflict(commit.address.clone()))
                 }
                 _ => Err(store_error("PutItem", e).into()),
@@ -468,93 +469,66 @@ impl DynamoStore {
         Ok((items, units))
     }
 
-    /// One transaction over `indices`; conflicted ones are settled, the rest retried.
-    async fn transact(
-        &self,
-        commits: &[Commit],
-        items: &mut [Option<HashMap<String, AttributeValue>>],
-        indices: Vec<usize>,
-        results: &mut [Option<Result<(), CommitError>>],
-    ) {
-        let mut remaining = indices;
+    /// An address's commit: a conditional `PutItem` when it is its instance item alone,
+    /// else one transaction of that item and the items beside it (its cancellations,
+    /// its dedup entries moved out), which must land together.
+    async fn write_one(&self, commit: &Commit, item: Item) -> Result<(), CommitError> {
+        if commit.spill.is_empty() && commit.cancels().next().is_none() {
+            self.put_one(commit, item).await
+        } else {
+            self.transact(commit, item).await
+        }
+    }
+
+    /// One commit's transaction; cancelled for another reason than its condition
+    /// (a transaction conflict), it is tried again.
+    async fn transact(&self, commit: &Commit, item: Item) -> Result<(), CommitError> {
+        let (writes, units) = self.transact_items(commit, item)?;
         let policy = RetryPolicy::io();
         let waits = std::iter::once(None).chain(policy.delays().map(Some));
         for wait in waits {
-            if remaining.is_empty() {
-                return;
-            }
             if let Some(wait) = wait {
                 self.metrics.retry();
                 tokio::time::sleep(wait).await;
             }
-            // Which commit each transaction item belongs to, for the cancellation reasons.
-            let mut writes = Vec::new();
-            let mut owners = Vec::new();
-            let mut units = 0;
-            for &i in &remaining {
-                let item = items[i].clone().unwrap_or_default();
-                match self.transact_items(&commits[i], item) {
-                    Ok((w, n)) => {
-                        owners.extend(std::iter::repeat_n(i, w.len()));
-                        writes.extend(w);
-                        units += n;
-                    }
-                    Err(e) => {
-                        results[i] = Some(Err(e.into()));
-                    }
-                }
-            }
-            remaining.retain(|&i| results[i].is_none());
-            owners.retain(|i| results[*i].is_none());
             self.metrics.request("TransactWriteItems");
             let out = self
                 .client
                 .transact_write_items()
-                .set_transact_items(Some(writes))
+                .set_transact_items(Some(writes.clone()))
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
-            match out {
+            let e = match out {
                 Ok(out) => {
                     record_capacity(&self.metrics, out.consumed_capacity());
                     self.metrics.billed(0, units);
-                    for &i in &remaining {
-                        results[i] = Some(Ok(()));
-                    }
-                    return;
+                    return Ok(());
                 }
-                Err(e) => {
-                    let reasons = match e.as_service_error() {
-                        Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
-                            c.cancellation_reasons().to_vec()
-                        }
-                        _ => Vec::new(),
-                    };
-                    if reasons.len() != owners.len() {
-                        let err = store_error("TransactWriteItems", e);
-                        for &i in &remaining {
-                            results[i] = Some(Err(err.clone().into()));
-                        }
-                        return;
-                    }
-                    for (&i, reason) in owners.iter().zip(&reasons) {
-                        if reason.code() == Some("ConditionalCheckFailed") {
-                            self.metrics.conflict();
-                            results[i] =
-                                Some(Err(CommitError::Conflict(commits[i].address.clone())));
-                        }
-                    }
-                    remaining.retain(|&i| results[i].is_none());
+                Err(e) => e,
+            };
+            let reasons = match e.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                    c.cancellation_reasons().to_vec()
                 }
+                _ => Vec::new(),
+            };
+            if reasons.len() != writes.len() {
+                return Err(store_error("TransactWriteItems", e).into());
+            }
+            // The instance item is the first, and the only one with a condition.
+            if reasons[0].code() == Some("ConditionalCheckFailed") {
+                self.metrics.conflict();
+                // A failed condition is billed as the write would have been.
+                self.metrics.billed(0, units);
+                return Err(CommitError::Conflict(commit.address.clone()));
             }
         }
-        for &i in &remaining {
-            results[i] = Some(Err(StoreError(format!(
-                "TransactWriteItems: cancelled {} times",
-                policy.max_attempts
-            ))
-            .into()));
-        }
+        Err(StoreError(format!(
+            "TransactWriteItems: cancelled {} times",
+            policy.max_attempts
+        ))
+        .into())
     }
 }
 
@@ -600,60 +574,19 @@ impl StateStore for DynamoStore {
 
     async fn commit(&self, commits: &[Commit]) -> Vec<Result<(), CommitError>> {
         let mut results: Vec<Option<Result<(), CommitError>>> = vec![None; commits.len()];
-        let mut items: Vec<Option<HashMap<String, AttributeValue>>> =
-            Vec::with_capacity(commits.len());
-        let mut sizes = Vec::with_capacity(commits.len());
+        let mut writes = Vec::with_capacity(commits.len());
         for (i, commit) in commits.iter().enumerate() {
             match self.item(commit) {
-                Ok(item) => {
-                    sizes.push(commit.state.to_bytes().len());
-                    items.push(Some(item));
-                }
-                Err(e) => {
-                    sizes.push(0);
-                    items.push(None);
-                    results[i] = Some(Err(CommitError::TooLarge(e)));
-                }
+                Ok(item) => writes.push(self.write_one(commit, item)),
+                Err(e) => results[i] = Some(Err(CommitError::TooLarge(e))),
             }
         }
-        let writable: Vec<usize> = (0..commits.len())
-            .filter(|&i| results[i].is_none())
-            .collect();
-        if let [only] = writable[..]
-            && commits[only].spill.is_empty()
-            && commits[only].cancels().next().is_none()
-        {
-            let item = items[only].take().unwrap_or_default();
-            results[only] = Some(self.put_one(&commits[only], item).await);
-        } else {
-            // Group into transactions within DynamoDB's item and size limits.
-            let mut group = Vec::new();
-            let mut bytes = 0;
-            let mut count = 0;
-            for i in writable {
-                let n = 1 + commits[i].spill.len() + commits[i].cancels().count();
-                if !group.is_empty()
-                    && (count + n > MAX_TRANSACTION_ITEMS
-                        || bytes + sizes[i] > MAX_TRANSACTION_BYTES)
-                {
-                    self.transact(
-                        commits,
-                        &mut items,
-                        std::mem::take(&mut group),
-                        &mut results,
-                    )
-                    .await;
-                    bytes = 0;
-                    count = 0;
-                }
-                bytes += sizes[i];
-                count += n;
-                group.push(i);
-            }
-            if !group.is_empty() {
-                self.transact(commits, &mut items, group, &mut results)
-                    .await;
-            }
+        // One write per address, all at once: each is conditional on its own version,
+        // and nothing needs two addresses to land together (docs/DESIGN.md, "One
+        // conditional write per address").
+        let mut done = futures_util::future::join_all(writes).await.into_iter();
+        for result in results.iter_mut().filter(|r| r.is_none()) {
+            *result = done.next();
         }
         results
             .into_iter()
