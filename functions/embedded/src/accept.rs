@@ -27,7 +27,7 @@ use tracing::{error, info};
 
 use crate::admission::{self, Admission};
 use crate::engine::{Command, HTTP_INGRESS, IngressRequest};
-use crate::metrics::{ACCEPT_FILE, Metrics};
+use crate::metrics::{ACCEPT_FILE, ENGINE_FILE, Metrics};
 use crate::store::{self, INBOX, INGRESS_KEYS, InboxEntry, META, NEXT_SEQ};
 use crate::{EmbeddedError, KeyReused};
 
@@ -226,11 +226,19 @@ impl Acceptor {
             }
             let group: Vec<IngressRequest> =
                 waiting.drain(..waiting.len().min(MAX_GROUP)).collect();
-            if next_probe.is_some() {
+            let group = if next_probe.is_some() || self.metrics.faulted(ENGINE_FILE) {
                 // Answered at once with the fault; the file is tried again on its own.
+                // While the engine cannot write, what is accepted cannot be applied, and
+                // accepting would take the disk space it needs.
                 self.refuse(group);
-                continue;
-            }
+                if next_probe.is_some() {
+                    continue;
+                }
+                // The rows the engine settles are still removed, as they come.
+                Vec::new()
+            } else {
+                group
+            };
             let flush = unflushed.is_some_and(|since| since.elapsed() >= self.flush_within)
                 || (!open && unflushed.is_some());
             if group.is_empty() && settled.is_empty() && !flush {

@@ -422,9 +422,7 @@ impl Engine {
                 shutting_down |= self.obey(command);
             }
             let round = if self.needs_rebuild {
-                Err(EmbeddedError::NotDurable(
-                    "the engine file is being opened again".into(),
-                ))
+                Err(EmbeddedError::Reopening)
             } else {
                 self.round()
             };

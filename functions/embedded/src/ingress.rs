@@ -370,7 +370,7 @@ async fn get_state(
     let address = contract::address(&namespace, &ty, &id, &handle)?;
     let state = handle.state_json(&address).map_err(|e| match e {
         // A moment while the engine opens its file again: ask again shortly.
-        EmbeddedError::NotDurable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        EmbeddedError::Reopening => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         e => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     })?;
     Ok(axum::Json(state).into_response())

@@ -68,6 +68,10 @@ pub enum EmbeddedError {
     Egress(#[from] std::io::Error),
     #[error("the engine thread stopped")]
     EngineGone,
+    /// The engine's file is being opened again after a write failed: a read is asked
+    /// again in a moment.
+    #[error("the engine file is being opened again after a write failed; ask again shortly")]
+    Reopening,
     /// A message could not be written to disk (disk full, an I/O error): nothing of it
     /// was accepted.
     #[error("the message could not be made durable: {0}")]

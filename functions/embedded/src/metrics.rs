@@ -251,6 +251,14 @@ impl Metrics {
         changed
     }
 
+    /// Whether `file` cannot be written right now.
+    pub(crate) fn faulted(&self, file: &'static str) -> bool {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(file)
+    }
+
     /// The store faults now, as `file: reason`.
     pub fn faults(&self) -> Vec<String> {
         let faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());

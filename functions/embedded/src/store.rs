@@ -574,7 +574,7 @@ impl SharedDb {
     }
 
     fn not_open() -> EmbeddedError {
-        EmbeddedError::NotDurable("the engine file is being opened again".into())
+        EmbeddedError::Reopening
     }
 
     /// Closes the file, once its readers are done, and opens it again.

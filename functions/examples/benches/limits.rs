@@ -166,15 +166,8 @@ const LONG: Option<&str> = Some("application/vnd.io.statefun.types/long");
 
 fn down_module(dir: &std::path::Path) -> String {
     let path = dir.join("module.yaml");
-    std::fs::write(
-        &path,
-        "kind: io.statefun.endpoints.v2/http\n\
-         spec:\n  functions: slow/*\n  urlPathTemplate: http://127.0.0.1:1/{function.name}\n\
-         ---\n\
-         kind: io.statefun-lambda.ingress.v1/http\n\
-         spec:\n  functions:\n    - slow/echo\n    - example/counter\n",
-    )
-    .expect("module.yaml");
+    std::fs::write(&path, include_str!("../tests/fixtures/down_endpoint.yaml"))
+        .expect("module.yaml");
     path.display().to_string()
 }
 

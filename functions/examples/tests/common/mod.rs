@@ -59,7 +59,11 @@ impl Server {
 
     fn spawn(mut command: Command) -> Server {
         let mut child = command
-            .env("RUST_LOG", "info")
+            // STATEFUN_TEST_LOG: another filter, to see more of a failing test's child.
+            .env(
+                "RUST_LOG",
+                std::env::var("STATEFUN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
