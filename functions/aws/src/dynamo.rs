@@ -574,19 +574,24 @@ impl StateStore for DynamoStore {
 
     async fn commit(&self, commits: &[Commit]) -> Vec<Result<(), CommitError>> {
         let mut results: Vec<Option<Result<(), CommitError>>> = vec![None; commits.len()];
-        let mut writes = Vec::with_capacity(commits.len());
-        for (i, commit) in commits.iter().enumerate() {
-            match self.item(commit) {
-                Ok(item) => writes.push(self.write_one(commit, item)),
-                Err(e) => results[i] = Some(Err(CommitError::TooLarge(e))),
-            }
-        }
         // One write per address, all at once: each is conditional on its own version,
         // and nothing needs two addresses to land together (docs/DESIGN.md, "One
         // conditional write per address").
-        let mut done = futures_util::future::join_all(writes).await.into_iter();
-        for result in results.iter_mut().filter(|r| r.is_none()) {
-            *result = done.next();
+        let mut writes = tokio::task::JoinSet::new();
+        for (i, commit) in commits.iter().enumerate() {
+            match self.item(commit) {
+                Ok(item) => {
+                    let (store, commit) = (self.clone(), commit.clone());
+                    writes.spawn(async move { (i, store.write_one(&commit, item).await) });
+                }
+                Err(e) => results[i] = Some(Err(CommitError::TooLarge(e))),
+            }
+        }
+        while let Some(done) = writes.join_next().await {
+            // A write that panicked leaves its result unset: "not attempted" below.
+            if let Ok((i, result)) = done {
+                results[i] = Some(result);
+            }
         }
         results
             .into_iter()

@@ -313,14 +313,14 @@ pub(crate) struct RunArgs<A: clap::Args> {
     #[arg(long, default_value_t = statefun_embedded::QueueLimits::default().type_share_percent, value_parser = clap::value_parser!(u8).range(1..=100))]
     max_queued_share: u8,
     /// Longest wait for a request's headers; a client that never finishes them is closed.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     header_read_timeout: Duration,
     /// Longest wait for a request's body (then 408).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     body_read_timeout: Duration,
     /// How long a keep-alive connection may sit with no request before it is closed
     /// (the header-read timeout, if shorter, closes it first).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     idle_timeout: Duration,
     /// Connections served at once; one more is answered 503 with Retry-After. Default
     /// 1024, or fewer when the open-files limit leaves less room.
@@ -328,7 +328,7 @@ pub(crate) struct RunArgs<A: clap::Args> {
     max_connections: Option<usize>,
     /// How long SIGTERM or Ctrl-C waits for requests in progress before it abandons
     /// them; a second signal exits at once.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
     /// A host name the HTTP ingress answers to besides IP addresses and localhost
     /// (repeatable); requests naming any other Host are refused (DNS rebinding).
@@ -352,6 +352,31 @@ pub(crate) struct RunArgs<A: clap::Args> {
     /// The application's own options.
     #[command(flatten)]
     app: A,
+}
+
+/// A duration flag: a number with `ms`, `s`, `m` or `h` (`30s`, `500ms`, `2m`); a bare
+/// number is seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: use e.g. 30s, 500ms, 2m"))?;
+    let unit_ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(unit_ms)))
 }
 
 pub(crate) fn init_logs(format: LogFormat) {

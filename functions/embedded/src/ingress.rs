@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::extract::{FromRef, Path, Request, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header as names};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -96,7 +95,8 @@ pub fn router(handle: RuntimeHandle) -> Router {
     router_with(handle, &HttpConfig::default())
 }
 
-/// The routes, over a running runtime, guarded and bounded as `config` says.
+/// The routes, over a running runtime, bounded as `config` says (the [`Guard`] is the
+/// server's, in [`serve_with`]).
 pub fn router_with(handle: RuntimeHandle, config: &HttpConfig) -> Router {
     let instance = get(get_state)
         .post(post_message)
@@ -107,7 +107,6 @@ pub fn router_with(handle: RuntimeHandle, config: &HttpConfig) -> Router {
                 "use POST (or PUT) to send a message, GET to read state",
             )
         });
-    let guard = Arc::new(Guard::new(config));
     Router::new()
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))
@@ -118,9 +117,7 @@ pub fn router_with(handle: RuntimeHandle, config: &HttpConfig) -> Router {
                 "no such route: address an instance as /{namespace}/{type}/{id}",
             )
         })
-        .route_layer(middleware::from_fn_with_state(guard.clone(), authorize))
         .route("/healthz", get(healthz))
-        .layer(middleware::from_fn_with_state(guard, same_site))
         .with_state(Ingress {
             handle,
             body_read_timeout: config.body_read_timeout,
@@ -148,14 +145,9 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<Served> {
     let metrics = handle.metrics.clone();
-    server::serve(
-        listener,
-        router_with(handle, config),
-        metrics,
-        config,
-        shutdown,
-    )
-    .await
+    let guard = Arc::new(Guard::new(config));
+    let app = router_with(handle, config);
+    server::serve(listener, app, guard, metrics, config, shutdown).await
 }
 
 /// Who may ask: the browser and token rules of the module docs.
@@ -243,26 +235,26 @@ fn host_name(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(name, _)| name)
 }
 
-async fn same_site(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    match guard.foreign(request.headers()) {
-        Some(why) => error(StatusCode::FORBIDDEN, why).into_response(),
-        None => next.run(request).await,
+impl Guard {
+    /// The answer to a request that may not be served, if it may not: a foreign page
+    /// (`403`), or no token where one is required (`401`; `/healthz` needs none).
+    pub fn refuse(&self, path: &str, headers: &HeaderMap) -> Option<Response> {
+        if let Some(why) = self.foreign(headers) {
+            return Some(error(StatusCode::FORBIDDEN, why).into_response());
+        }
+        if path == "/healthz" || self.authorized(headers) {
+            return None;
+        }
+        let mut response = error(
+            StatusCode::UNAUTHORIZED,
+            "this runtime requires Authorization: Bearer <its token> (--auth-token)",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(names::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(response)
     }
-}
-
-async fn authorize(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    if guard.authorized(request.headers()) {
-        return next.run(request).await;
-    }
-    let mut response = error(
-        StatusCode::UNAUTHORIZED,
-        "this runtime requires Authorization: Bearer <its token> (--auth-token)",
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(names::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
 }
 
 /// `ok`, or `503` with the reason while a store file cannot be written.

@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::ingress::Guard;
 use crate::metrics::Metrics;
 
 /// The HTTP server's bounds and the ingress's access rules.
@@ -154,6 +155,12 @@ impl Drop for InProgress {
     }
 }
 
+/// What a connection is served with: the routes, behind the guard.
+struct Service {
+    app: Router,
+    guard: Arc<Guard>,
+}
+
 /// What a served connection holds until it ends: its place under the cap, and its
 /// count in the metrics.
 struct Held {
@@ -172,6 +179,7 @@ impl Drop for Held {
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
+    guard: Arc<Guard>,
     metrics: Arc<Metrics>,
     config: &HttpConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -196,14 +204,19 @@ pub(crate) async fn serve(
                 }
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (app, config) = (app.clone(), config.clone());
+                        let service = Service {
+                            app: app.clone(),
+                            guard: guard.clone(),
+                        };
+                        let config = config.clone();
                         let stopping = stopping.clone();
                         let held = Held {
                             metrics: metrics.clone(),
                             _permit: permit,
                         };
                         held.metrics.http_connections.inc();
-                        connections.spawn(connection(stream, peer, app, config, stopping, held));
+                        connections
+                            .spawn(connection(stream, peer, service, config, stopping, held));
                     }
                     Err(_) => {
                         debug!(%peer, max = config.max_connections, "connection refused: at the cap");
@@ -252,7 +265,7 @@ pub(crate) async fn serve(
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
+    Service { app, guard }: Service,
     config: HttpConfig,
     mut stopping: watch::Receiver<bool>,
     held: Held,
@@ -267,9 +280,13 @@ async fn connection(
             activity.in_progress.fetch_add(1, Ordering::Relaxed);
             metrics.http_requests_in_progress.inc();
             let in_progress = InProgress(activity.clone(), started, metrics.clone());
+            let refused = guard.refuse(request.uri().path(), request.headers());
             let mut app = app.clone();
             async move {
-                let response = tower_service::Service::call(&mut app, request).await;
+                let response = match refused {
+                    Some(response) => Ok(response),
+                    None => tower_service::Service::call(&mut app, request).await,
+                };
                 drop(in_progress);
                 response
             }

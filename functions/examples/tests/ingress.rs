@@ -511,7 +511,14 @@ fn the_engine_thread_runs_below_the_threads_answering_requests() {
     for (flags, steps) in [(&[][..], 10), (&["--engine-nice", "0"][..], 0)] {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Server::start(dir.path(), flags);
-        let threads = thread_nice(s.child.id());
+        // A thread takes its name when it first runs: wait for both to have run.
+        let mut threads = thread_nice(s.child.id());
+        assert!(s.settles(|| {
+            threads = thread_nice(s.child.id());
+            ["statefun-accept", "statefun-engine"]
+                .iter()
+                .all(|name| threads.iter().any(|(n, _)| n == name))
+        }));
         let nice_of = |name: &str| {
             threads
                 .iter()
