@@ -417,7 +417,11 @@ impl Acceptor {
                                 id: id(s),
                                 target: req.target.clone(),
                                 caller: None,
-                                value: req.value.clone(),
+                                // Moved, not copied: the answer needs only its reply now.
+                                value: TypedValue {
+                                    typename: req.value.typename.clone(),
+                                    value: req.value.value.take(),
+                                },
                             },
                             attempts: 0,
                             first_failed_ms: None,
