@@ -273,6 +273,7 @@ pub async fn resolve(
 pub struct Poller {
     clients: Clients,
     wait: Duration,
+    batch_size: i32,
     arns: HashMap<String, String>,
 }
 
@@ -281,11 +282,18 @@ impl Poller {
         Poller {
             clients,
             wait,
+            batch_size: 10,
             arns: HashMap::new(),
         }
     }
 
-    /// Receives up to 10 records from `queue_url`, runs `handler`, deletes successes.
+    /// Receives at most `n` (1 to 10) records a poll, as an event source mapping's
+    /// `BatchSize` would; 10 by default.
+    pub fn set_batch_size(&mut self, n: i32) {
+        self.batch_size = n.clamp(1, 10);
+    }
+
+    /// Receives up to the batch size of records from `queue_url`, runs `handler`, deletes successes.
     /// Returns how many records were handled.
     pub async fn poll_once<F, Fut>(
         &mut self,
@@ -306,7 +314,7 @@ impl Poller {
             .sqs
             .receive_message()
             .queue_url(queue_url)
-            .max_number_of_messages(10)
+            .max_number_of_messages(self.batch_size)
             .wait_time_seconds(self.wait.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")

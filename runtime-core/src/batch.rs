@@ -392,14 +392,14 @@ impl<'a> Working<'a> {
         let commit = changed.then(|| {
             let retention_ms = config.retention_ms();
             state.version = next_version(state.version, commit_ms);
+            state.dedup.prune(commit_ms, retention_ms);
+            let spill = state
+                .dedup
+                .spill_over(config.dedup_budget_bytes, retention_ms, &applied);
             if applied_any {
                 state.outbox = assign_ids(address, state.version, effects);
                 state.last_inputs = applied;
             }
-            state.dedup.prune(commit_ms, retention_ms);
-            let spill = state
-                .dedup
-                .spill_over(config.dedup_budget_bytes, retention_ms);
             let delete_after_ms = state.delete_after_ms(commit_ms, retention_ms);
             Commit {
                 address: address.clone(),

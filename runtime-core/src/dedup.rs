@@ -135,6 +135,16 @@ impl crate::format::Versioned for DedupEntry {
 pub struct Spilled {
     pub entry: DedupEntry,
     pub expires_at_ms: u64,
+    /// Whether the entry may be stored *ahead* of its commit, outside that commit's
+    /// atomic write: an exact id applied by an earlier commit. Such an entry states a
+    /// fact that holds whether or not this commit lands, and every copy of it is the
+    /// same (an id is recorded once, with the time it was applied), so writing it
+    /// first, even from a dispatcher whose commit then conflicts, can neither make an
+    /// unapplied message look applied nor overwrite a newer entry. A mark moves on
+    /// with its source (an older copy written late could replace a newer one), and an
+    /// id applied by this very commit is not a fact until the commit lands: those
+    /// are written with the commit.
+    pub ahead: bool,
 }
 
 // Serialized sizes, close enough to keep the record within its budget (postcard
@@ -250,8 +260,15 @@ impl Dedup {
     }
 
     /// Moves the entries touched longest ago out of the hot set until it fits in
-    /// `budget_bytes`; they are to be stored outside the record, in the same commit.
-    pub fn spill_over(&mut self, budget_bytes: usize, retention_ms: u64) -> Vec<Spilled> {
+    /// `budget_bytes`; they are to be stored outside the record, in the same commit,
+    /// or before it where [`Spilled::ahead`] allows: every spilled exact id except
+    /// those of `applied_now` (the ids the commit being made applies).
+    pub fn spill_over(
+        &mut self,
+        budget_bytes: usize,
+        retention_ms: u64,
+        applied_now: &[MessageId],
+    ) -> Vec<Spilled> {
         let mut size = self.bytes();
         if size <= budget_bytes {
             return Vec::new();
@@ -286,9 +303,16 @@ impl Dedup {
             size -= entry.bytes();
             let expires_at_ms = entry.touched_ms().saturating_add(retention_ms);
             self.spilled_until_ms = self.spilled_until_ms.max(expires_at_ms);
+            let ahead = match &entry {
+                DedupEntry::Applied { id, .. } => !applied_now
+                    .iter()
+                    .any(|m| matches!(m, MessageId::Keyed(k) if k == id)),
+                DedupEntry::Mark { .. } => false,
+            };
             spilled.push(Spilled {
                 entry,
                 expires_at_ms,
+                ahead,
             });
         }
         spilled
@@ -384,7 +408,7 @@ mod tests {
         for i in 0..500u64 {
             d.record(&MessageId::Keyed(format!("key-{i}")), i);
             d.record(&ordered(&format!("sender-{i}"), 7, 0), i);
-            for s in d.spill_over(2_048, retention) {
+            for s in d.spill_over(2_048, retention, &[]) {
                 assert_eq!(s.expires_at_ms, s.entry.touched_ms() + retention);
                 outside.insert(s.entry.key(), s.entry);
             }
@@ -407,5 +431,35 @@ mod tests {
 
         // Past the latest spilled entry's expiry, nothing is looked up any more.
         assert!(d.lookups(old.iter(), 500 + retention).is_empty());
+    }
+
+    #[test]
+    fn only_ids_applied_before_may_be_stored_ahead_of_the_commit() {
+        let mut d = Dedup::default();
+        let earlier: Vec<MessageId> = (0..40)
+            .map(|i| MessageId::Keyed(format!("earlier-{i:02}")))
+            .collect();
+        for id in &earlier {
+            d.record(id, 1);
+        }
+        d.record(&ordered("sender", 3, 0), 1);
+        // This commit's ids, recorded at the same instant as the earlier ones (a clock
+        // that stood still or went back): they must still be told apart.
+        let now: Vec<MessageId> = (0..40)
+            .map(|i| MessageId::Keyed(format!("now-{i:02}")))
+            .collect();
+        for id in &now {
+            d.record(id, 1);
+        }
+        let spilled = d.spill_over(64, 10_000, &now);
+        assert!(spilled.len() > 60, "most entries spill: {}", spilled.len());
+        for s in &spilled {
+            let expected = match &s.entry {
+                DedupEntry::Applied { id, .. } => id.starts_with("earlier-"),
+                DedupEntry::Mark { .. } => false,
+            };
+            assert_eq!(s.ahead, expected, "{:?}", s.entry);
+        }
+        assert!(spilled.iter().any(|s| s.ahead) && spilled.iter().any(|s| !s.ahead));
     }
 }

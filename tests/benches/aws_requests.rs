@@ -1,28 +1,34 @@
-//! Request accounting of the AWS path on the emulator, by kind of traffic, through the
-//! real dispatcher and timer forwarder (DynamoDB store, SQS transport) driven by the
-//! local poller in batches of 10:
+//! Request accounting of the AWS path on the emulators, by kind of traffic and batch
+//! fill (1, 5 and 10 messages per batch), through the real dispatcher and timer
+//! forwarder (DynamoDB store, SQS transport) driven by the local poller:
 //! - **direct**: chains of `bench/hop` messages, each hop sending one message to a new,
 //!   distinct address;
-//! - **keyed ingress**: messages with their own ids (as SQS ingress record ids or
+//! - **hot**: messages from one source to one counter, as many per batch as the fill;
+//! - **keyed**: messages with their own ids (as SQS ingress record ids or
 //!   `Idempotency-Key`s are), all to one counter: its dedup hot set fills and spills;
 //! - **delayed**: chains where each hop sends the next with `send_after`, through the
 //!   delay queue and the timer forwarder.
 //!
-//! Prints AWS requests, read and write units per message for each, the table on AWS's
-//! DynamoDB Local, the queues on moto. Requests are what they would be on AWS; units
-//! are computed from the item sizes as AWS bills them (strongly consistent reads 1 per
-//! 4 KB, writes 1 per KB, 2 per KB in a transaction: the emulators under-report); the
-//! times only say how the emulators behave.
+//! Prints, per message, AWS requests, read and write units, SQS requests as billed and
+//! the instance items' sizes; writes them to `bench/measured/aws.json`, which
+//! `statefun-lambda cost` carries; and prices them with that calculator
+//! ([`statefun_lambda::cost`]). The table is on AWS's DynamoDB Local, the queues on
+//! moto. Requests are what they would be on AWS; units are computed from the item
+//! sizes as AWS bills them (strongly consistent reads 1 per 4 KB, writes 1 per KB, 2
+//! per KB in a transaction, failed conditions included: the emulators under-report);
+//! the times only say how the emulators behave.
 //!
 //! `cargo bench -p statefun-e2e --bench aws_requests` (needs .venv/bin/moto_server)
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use statefun_aws::metrics::Snapshot;
 use statefun_core::ports::{Clock, SystemClock};
-use statefun_core::{Address, Registry, TypeName, TypedValue, ValueSpec};
+use statefun_core::{Address, Envelope, MessageId, Registry, TypeName, TypedValue, ValueSpec};
 use statefun_e2e::{Aws, Dynamo};
+use statefun_lambda::cost::{Model, PRICES_AS_OF, PRODUCER_SHARE, PerMessage, Units};
 
 const HOP: TypeName = TypeName::from_static("bench/hop");
 const LATER: TypeName = TypeName::from_static("bench/later");
@@ -31,8 +37,10 @@ const SEEN: ValueSpec<bool> = ValueSpec::new("seen");
 const COUNT: ValueSpec<i64> = ValueSpec::new("count");
 const CHAINS: u64 = 40;
 const HOPS: i64 = 10;
+const HOT: usize = 300;
 const KEYED: usize = 1_000;
 const SCALE: i64 = 10_000_000_000_000;
+const FILLS: [i32; 3] = [1, 5, 10];
 
 fn registry(latencies: Arc<Mutex<Vec<u64>>>) -> Registry {
     let mut r = Registry::new();
@@ -74,55 +82,82 @@ fn registry(latencies: Arc<Mutex<Vec<u64>>>) -> Registry {
     r
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 struct Row {
     kind: &'static str,
+    fill: i32,
     messages: usize,
-    batches: usize,
+    /// Batches the dispatcher ran (inbox) and the forwarder ran (delay queue).
+    inbox_batches: usize,
+    delay_batches: usize,
+    /// Whether a producer outside sent the messages (in batches of 10): the kinds
+    /// whose messages no function of the bench sends.
+    external: bool,
     totals: Snapshot,
     latencies: Vec<u64>,
 }
 
 impl Row {
-    /// USD per million messages: SQS (the handlers' requests, plus the event source's
-    /// receive and delete per batch), DynamoDB reads, DynamoDB writes, Lambda requests.
-    fn cost_per_million(&self) -> Vec<f64> {
+    /// Units and billed requests per message, with what AWS bills around the
+    /// handlers: the event source's `ReceiveMessage` and `DeleteMessageBatch` per
+    /// batch on each queue, a producer's share of a `SendMessageBatch`.
+    fn per_message(&self) -> PerMessage {
         let m = self.messages as f64;
-        let batches = self.batches.max(1) as f64;
-        let sqs_requests = self
-            .totals
-            .requests
-            .iter()
-            .filter(|(api, _)| api.contains("Message"))
-            .map(|(_, n)| *n as f64)
-            .sum::<f64>()
-            + 2.0 * batches;
-        vec![
-            1e6 * sqs_requests / m * SQS_PER_REQUEST,
-            1e6 * self.totals.billed_read_units as f64 / m * DYNAMODB_PER_READ_UNIT,
-            1e6 * self.totals.billed_write_units as f64 / m * DYNAMODB_PER_WRITE_UNIT,
-            1e6 * batches / m * LAMBDA_PER_REQUEST,
-        ]
+        let producer = if self.external {
+            PRODUCER_SHARE * m
+        } else {
+            0.0
+        };
+        PerMessage {
+            read_units: self.totals.billed_read_units as f64 / m,
+            write_units: self.totals.billed_write_units as f64 / m,
+            sqs_fifo_requests: (self.totals.sqs_fifo_billed as f64
+                + 2.0 * self.inbox_batches as f64
+                + producer)
+                / m,
+            sqs_standard_requests: (self.totals.sqs_standard_billed as f64
+                + 2.0 * self.delay_batches as f64)
+                / m,
+            invocations: [
+                ("dispatcher", self.inbox_batches),
+                ("forwarder", self.delay_batches),
+            ]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(role, n)| (role.to_string(), n as f64 / m))
+            .collect(),
+        }
     }
 
     fn print(&self) {
         let m = self.messages as f64;
+        let p = self.per_message();
+        let mut sizes = self.totals.item_bytes.clone();
+        sizes.sort_unstable();
         println!(
-            "  {:<14} {:>6} msgs  mean batch {:>4.1}  requests/msg {:.3}  RCU/msg {:.2}  WCU/msg {:.2}  {:?}",
+            "  {:<8} fill {:>2}: {:>5} msgs, mean batch {:>4.1}; requests/msg {:.3}; RCU/msg {:.2}, WCU/msg {:.2}; SQS billed/msg FIFO {:.2} standard {:.2}; items p50 {} B, p90 {} B, max {} B, {:.0} % under 1 KB; conflicts {}; {:?}",
             self.kind,
+            self.fill,
             self.messages,
-            m / self.batches.max(1) as f64,
+            m / self.inbox_batches.max(1) as f64,
             self.totals.total_requests() as f64 / m,
-            self.totals.billed_read_units as f64 / m,
-            self.totals.billed_write_units as f64 / m,
+            p.read_units,
+            p.write_units,
+            p.sqs_fifo_requests,
+            p.sqs_standard_requests,
+            percentile(&sizes, 0.5),
+            percentile(&sizes, 0.9),
+            sizes[sizes.len() - 1],
+            100.0 * sizes.iter().filter(|b| **b <= 1024).count() as f64 / sizes.len() as f64,
+            self.totals.conflicts,
             self.totals.requests,
         );
         if !self.latencies.is_empty() {
             println!(
-                "  {:<14} hop latency ms (emulator) p50 {} p99 {}",
+                "  {:<17} hop latency ms (emulator) p50 {} p99 {}",
                 "",
                 percentile(&self.latencies, 0.5),
                 percentile(&self.latencies, 0.99)
@@ -131,10 +166,33 @@ impl Row {
     }
 }
 
+/// Polls the inbox (and the delay queue) until `total` messages were handled;
+/// returns the batches of each.
+async fn run(aws: &mut Aws, total: usize) -> (usize, usize) {
+    let (mut handled, mut inbox, mut delay, mut idle_polls) = (0, 0, 0, 0);
+    while handled < total && idle_polls < 100 {
+        let n = aws.poll_inbox().await;
+        let d = aws.poll_delay().await;
+        if d > 0 {
+            delay += 1;
+        }
+        if n > 0 {
+            handled += n;
+            inbox += 1;
+            idle_polls = 0;
+        } else if d == 0 {
+            idle_polls += 1;
+        }
+    }
+    assert_eq!(handled, total, "every message processed once");
+    (inbox, delay)
+}
+
 /// Chains of hops, direct or delayed.
-async fn chains(kind: &'static str, t: TypeName) -> Row {
+async fn chains(kind: &'static str, t: TypeName, fill: i32) -> Row {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut aws = Aws::start(Dynamo::DynamoDbLocal, registry(latencies.clone()), &[], &[]).await;
+    aws.set_batch_size(fill);
     let now = SystemClock.now_ms() as i64;
     for chain in 0..CHAINS {
         let value = TypedValue::of(&((HOPS - 1) * SCALE + now));
@@ -145,62 +203,64 @@ async fn chains(kind: &'static str, t: TypeName) -> Row {
         )
         .await;
     }
-    let total = (CHAINS * HOPS as u64) as usize;
-    let mut batches = Vec::new();
-    let mut idle_polls = 0;
-    while batches.iter().sum::<usize>() < total && idle_polls < 100 {
-        let n = aws.poll_inbox().await;
-        aws.poll_delay().await;
-        if n > 0 {
-            batches.push(n);
-            idle_polls = 0;
-        } else {
-            idle_polls += 1;
-        }
-    }
-    let messages: usize = batches.iter().sum();
-    assert_eq!(messages, total, "{kind}: every hop processed once");
+    let messages = (CHAINS * HOPS as u64) as usize;
+    let (inbox_batches, delay_batches) = run(&mut aws, messages).await;
     let mut totals = aws.handlers.dispatcher.totals();
     totals.add(&aws.handlers.forwarder.totals());
     let mut latencies = latencies.lock().unwrap_or_else(|e| e.into_inner()).clone();
     latencies.sort_unstable();
     Row {
         kind,
+        fill,
         messages,
-        batches: batches.len(),
+        inbox_batches,
+        delay_batches,
+        external: false,
         totals,
         latencies,
     }
 }
 
-/// Keyed messages, all to one address.
-async fn keyed() -> Row {
+/// Messages to one counter, from one source in order (`hot`) or each with an id of
+/// its own (`keyed`), sent 100 at a time.
+async fn one_address(kind: &'static str, messages: usize, fill: i32) -> Row {
     let mut aws = Aws::start(Dynamo::DynamoDbLocal, registry(Arc::default()), &[], &[]).await;
-    let hot = Address::new(COUNTER, "hot");
-    let mut batches = Vec::new();
-    for round in 0..KEYED / 100 {
+    aws.set_batch_size(fill);
+    let hot = Address::new(COUNTER, kind);
+    let (mut inbox_batches, mut delay_batches) = (0, 0);
+    for round in 0..messages / 100 {
         for i in 0..100 {
-            let key = format!("sqs:{round:03}-{i:03}-0f6e4d2c-8a1b");
-            aws.send(hot.clone(), TypedValue::of(&1i64), &key).await;
-        }
-        let (mut handled, mut idle_polls) = (0, 0);
-        while handled < 100 && idle_polls < 100 {
-            let n = aws.poll_inbox().await;
-            if n > 0 {
-                batches.push(n);
-                idle_polls = 0;
+            let id = if kind == "keyed" {
+                MessageId::Keyed(format!("sqs:{round:03}-{i:03}-0f6e4d2c-8a1b"))
             } else {
-                idle_polls += 1;
-            }
-            handled += n;
+                MessageId::Ordered {
+                    source: "bench/producer/p".into(),
+                    seq: (round * 100 + i) as u64 + 1,
+                    index: 0,
+                }
+            };
+            let envelope = Envelope {
+                id,
+                target: hot.clone(),
+                caller: None,
+                value: TypedValue::of(&1i64),
+            };
+            statefun_infra::local::send(&aws.clients, &aws.config, &envelope)
+                .await
+                .expect("send");
         }
+        let (i, d) = run(&mut aws, 100).await;
+        (inbox_batches, delay_batches) = (inbox_batches + i, delay_batches + d);
     }
     let state = aws.state(&hot).await;
-    assert_eq!(state["state"]["count"]["value"], KEYED as i64, "{state}");
+    assert_eq!(state["state"]["count"]["value"], messages as i64, "{state}");
     Row {
-        kind: "keyed ingress",
-        messages: KEYED,
-        batches: batches.len(),
+        kind,
+        fill,
+        messages,
+        inbox_batches,
+        delay_batches,
+        external: true,
         totals: aws.handlers.dispatcher.totals(),
         latencies: Vec::new(),
     }
@@ -209,62 +269,123 @@ async fn keyed() -> Row {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let started = Instant::now();
-    let rows = [
-        chains("direct", HOP).await,
-        keyed().await,
-        chains("delayed", LATER).await,
-    ];
+    let mut rows = Vec::new();
+    for fill in FILLS {
+        rows.push(chains("direct", HOP, fill).await);
+        rows.push(one_address("hot", HOT, fill).await);
+        rows.push(one_address("keyed", KEYED, fill).await);
+        rows.push(chains("delayed", LATER, fill).await);
+    }
     println!(
-        "AWS path on the emulators, batches of 10 (dispatcher and timer forwarder requests; RCU/WCU as AWS bills them):"
+        "AWS path on the emulators by batch fill (dispatcher and timer forwarder; RCU/WCU as AWS bills them):"
     );
     for row in &rows {
         row.print();
     }
     println!(
-        "  ({:.0} s on the emulator; {CHAINS} chains x {HOPS} hops, {KEYED} keyed messages to one address)",
+        "  ({:.0} s on the emulators; {CHAINS} chains x {HOPS} hops, {HOT} messages to one address from one source, {KEYED} keyed messages to one address)",
         started.elapsed().as_secs_f64()
     );
+
+    let mut kinds: BTreeMap<String, BTreeMap<u32, PerMessage>> = BTreeMap::new();
+    for row in &rows {
+        kinds
+            .entry(row.kind.to_string())
+            .or_default()
+            .insert(row.fill as u32, row.per_message());
+    }
+    let units = Units {
+        measured: statefun_e2e::plot::today(),
+        command: "cargo bench -p statefun-e2e --bench aws_requests".into(),
+        notes: vec![
+            "table on DynamoDB Local, queues on moto; units as AWS bills them from item sizes"
+                .into(),
+            format!(
+                "payloads under 100 bytes; hot and keyed count a producer's share of a SendMessageBatch of 10 ({PRODUCER_SHARE} requests per message)"
+            ),
+        ],
+        kinds,
+    };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/measured/aws.json");
+    std::fs::write(
+        path,
+        serde_json::to_string_pretty(&units).expect("units serialize") + "\n",
+    )
+    .expect("write bench/measured/aws.json");
+    println!("wrote {path}");
+
+    let model = Model {
+        units,
+        ..Model::measured()
+    };
+    let at_ten: Vec<&Row> = rows.iter().filter(|r| r.fill == 10).collect();
     statefun_e2e::plot::bars(
         "aws_requests",
-        "AWS path per message, by traffic kind",
+        "AWS path per message at 10 messages per batch, by traffic kind",
         "cargo bench -p statefun-e2e --bench aws_requests",
         "per message",
         &["AWS requests", "read units", "write units"],
-        &rows
+        &at_ten
             .iter()
             .map(|r| {
                 let m = r.messages as f64;
+                let p = r.per_message();
                 (
                     r.kind,
                     vec![
                         r.totals.total_requests() as f64 / m,
-                        r.totals.billed_read_units as f64 / m,
-                        r.totals.billed_write_units as f64 / m,
+                        p.read_units,
+                        p.write_units,
                     ],
                 )
             })
             .collect::<Vec<_>>(),
     );
-    println!("cost per million messages (AWS list prices, us-east-1, {PRICES_AS_OF}):");
-    let costs: Vec<(&str, Vec<f64>)> = rows
-        .iter()
-        .map(|r| {
-            let cost = r.cost_per_million();
-            println!(
-                "  {:<14} ${:.2} (SQS ${:.2}, DynamoDB reads ${:.2}, writes ${:.2}, Lambda requests ${:.2})",
-                r.kind,
-                cost.iter().sum::<f64>(),
-                cost[0],
-                cost[1],
-                cost[2],
-                cost[3]
-            );
-            (r.kind, cost)
-        })
-        .collect();
+    println!("USD per million messages ({PRICES_AS_OF}):");
+    let mut costs: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut by_fill: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for row in &rows {
+        let usd = model.price(&row.per_message(), 0.0);
+        let parts = usd.parts().map(|(_, d)| d * 1e6);
+        let total: f64 = parts.iter().sum();
+        println!(
+            "  {:<8} fill {:>2}: ${total:.3} ({})",
+            row.kind,
+            row.fill,
+            usd.parts()
+                .iter()
+                .map(|(name, d)| format!("{name} ${:.3}", d * 1e6))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        by_fill.entry(row.kind).or_default().push(total);
+        if row.fill == 10 {
+            costs.push((
+                row.kind,
+                parts[..5].iter().copied().chain([parts[6]]).collect(),
+            ));
+        }
+    }
+    let per_million = |kind: &str| by_fill[kind][2];
+    let one_read = model.prices.dynamodb_read_unit * 1e6;
+    for (target, usd, limit) in [
+        ("direct, 10 per batch", per_million("direct"), 0.95),
+        ("hot address, 10 per batch", per_million("hot"), 0.30),
+        ("delayed, 10 per batch", per_million("delayed"), 1.10),
+        (
+            "keyed, at most direct plus one read",
+            per_million("keyed"),
+            per_million("direct") + one_read,
+        ),
+    ] {
+        println!(
+            "  target {target}: ${usd:.3} per million, limit ${limit:.3}: {}",
+            if usd <= limit { "met" } else { "MISSED" }
+        );
+    }
     statefun_e2e::plot::bars(
         "aws_cost",
-        "USD per million messages by traffic kind, AWS list prices of 2024-11",
+        "USD per million messages at 10 per batch, by traffic kind (list prices of 2024-11)",
         "cargo bench -p statefun-e2e --bench aws_requests",
         "USD per million messages",
         &[
@@ -272,17 +393,20 @@ async fn main() {
             "DynamoDB reads",
             "DynamoDB writes",
             "Lambda requests",
+            "Lambda duration",
+            "CloudWatch Logs",
         ],
         &costs,
     );
+    statefun_e2e::plot::bars(
+        "aws_cost_by_fill",
+        "USD per million messages by messages per batch",
+        "cargo bench -p statefun-e2e --bench aws_requests",
+        "USD per million messages",
+        &["1 per batch", "5 per batch", "10 per batch"],
+        &by_fill
+            .iter()
+            .map(|(kind, usd)| (*kind, usd.clone()))
+            .collect::<Vec<_>>(),
+    );
 }
-
-/// The prices the cost figures use: AWS's public list prices for us-east-1 as published
-/// on these dates (SQS FIFO requests, also used for the standard delay queue as an upper
-/// bound; DynamoDB on-demand after its 2024-11-01 price cut; Lambda requests). Lambda
-/// duration is left out: it is not measured here.
-const PRICES_AS_OF: &str = "SQS FIFO $0.50/M requests, DynamoDB on-demand $0.125/M reads, $0.625/M writes, Lambda $0.20/M requests; prices of 2024-11, read 2026-11-26";
-const SQS_PER_REQUEST: f64 = 0.50e-6;
-const DYNAMODB_PER_READ_UNIT: f64 = 0.125e-6;
-const DYNAMODB_PER_WRITE_UNIT: f64 = 0.625e-6;
-const LAMBDA_PER_REQUEST: f64 = 0.20e-6;

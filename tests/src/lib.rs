@@ -148,6 +148,11 @@ impl Aws {
             .expect("send");
     }
 
+    /// Polls receive at most `n` records (1 to 10), as an event source's `BatchSize`.
+    pub fn set_batch_size(&mut self, n: i32) {
+        self.poller.set_batch_size(n);
+    }
+
     /// One poll of the inbox through the dispatcher; returns records handled.
     pub async fn poll_inbox(&mut self) -> usize {
         let handlers = self.handlers.clone();

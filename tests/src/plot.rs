@@ -232,6 +232,24 @@ fn draw_bars(
     root.present().expect("write the figure");
 }
 
+/// Today's date (UTC) as `YYYY-MM-DD`, for the measurements a bench writes down.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days to a civil date (Howard Hinnant's algorithm, proleptic Gregorian).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -262,5 +280,12 @@ mod tests {
         ] {
             assert!(svg.contains(text), "{text} missing");
         }
+    }
+
+    #[test]
+    fn today_is_a_date() {
+        let d = super::today();
+        let parts: Vec<u32> = d.split('-').map(|p| p.parse().expect("number")).collect();
+        assert!(matches!(parts[..], [y, 1..=12, 1..=31] if y >= 2026), "{d}");
     }
 }

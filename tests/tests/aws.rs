@@ -1049,6 +1049,65 @@ async fn a_newer_builds_record_or_body_is_left_for_a_retry(dynamo: Dynamo) {
     );
 }
 
+/// A commit that moves exact ids out of its record writes the ids applied by earlier
+/// commits *ahead* of itself, outside its transaction; the ids it applies itself go
+/// only with it. A dispatcher that lost the race (its condition fails) must leave
+/// nothing that makes one of its own messages look applied.
+async fn a_conflicting_commit_leaves_only_facts_ahead_of_it(dynamo: Dynamo) {
+    use statefun_core::dedup::{DedupEntry, DedupKey, Spilled};
+    use statefun_core::ports::{CommitError, StateStore};
+    use statefun_core::{Commit, InstanceState, Precondition};
+    let aws = Aws::start(dynamo, registry(), &[], &[]).await;
+    let store = DynamoStore::new(
+        aws.clients.dynamodb.clone(),
+        aws.config.table.clone(),
+        Arc::new(Metrics::default()),
+        Arc::new(SystemClock),
+    );
+    let a = Address::new(COUNTER, "lost-race");
+    let spilled = |id: &str, ahead| Spilled {
+        entry: DedupEntry::Applied {
+            id: id.into(),
+            at_ms: 1,
+        },
+        expires_at_ms: u64::MAX / 2,
+        ahead,
+    };
+    for (case, spill) in [
+        (
+            "with a transaction",
+            vec![spilled("before-1", true), spilled("now-1", false)],
+        ),
+        ("alone", vec![spilled("before-2", true)]),
+    ] {
+        let commit = Commit {
+            address: a.clone(),
+            // Another dispatcher committed first: no item has this version.
+            precondition: Precondition::MatchesVersion(7),
+            state: InstanceState::default(),
+            spill,
+            delete_after_ms: None,
+            applied: true,
+        };
+        let result = store.commit(std::slice::from_ref(&commit)).await;
+        assert!(
+            matches!(result[..], [Err(CommitError::Conflict(_))]),
+            "{case}: {result:?}"
+        );
+    }
+    let keys = ["before-1", "now-1", "before-2"].map(|k| DedupKey::Id(k.into()));
+    let found = store
+        .load_dedup(&[(a.clone(), keys.to_vec())])
+        .await
+        .expect("dedup lookup");
+    let found: BTreeSet<DedupKey> = found[0].iter().map(DedupEntry::key).collect();
+    assert_eq!(
+        found,
+        BTreeSet::from([keys[0].clone(), keys[2].clone()]),
+        "the earlier ids are written ahead, the commit's own id went with its transaction"
+    );
+}
+
 /// Every scenario runs twice: all on moto, and with the state table on AWS's DynamoDB
 /// Local (SQS and SNS on moto).
 macro_rules! on_both {
@@ -1088,4 +1147,5 @@ on_both!(
     an_instance_deleted_as_ttl_would_keeps_its_messages_and_egress_ids_unique,
     thousands_of_keyed_messages_to_one_address_apply_once_and_its_item_stays_bounded,
     a_newer_builds_record_or_body_is_left_for_a_retry,
+    a_conflicting_commit_leaves_only_facts_ahead_of_it,
 );

@@ -48,8 +48,16 @@ pub fn clients(sdk: &SdkConfig) -> Clients {
 
 /// The batch settings of the AWS path: the core's defaults, with message payloads capped
 /// to what fits an SQS message.
+/// The dedup hot set an instance item keeps on AWS: DynamoDB bills every KB of an item
+/// on every write, and the hot set is rewritten with each commit, so it is kept to what
+/// leaves a busy keyed address's item near 1 KB (its batch's ids are in it too). Ids
+/// past it are written once each, ahead of the commit ([`statefun_core::dedup`]): at
+/// 4 KiB the same traffic paid 4 write units a commit for the hot set alone.
+pub const DEDUP_BUDGET_BYTES: usize = 512;
+
 pub fn batch_config(config: &AwsConfig) -> BatchConfig {
     BatchConfig {
+        dedup_budget_bytes: DEDUP_BUDGET_BYTES,
         limits: Limits {
             max_message_bytes: MAX_PAYLOAD_BYTES,
             ..Limits::default()

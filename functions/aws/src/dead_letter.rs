@@ -51,6 +51,7 @@ impl DeadLetters {
         error!(handler, record_id, group, %reason, "dead-lettering");
         let fifo = self.queue_url.ends_with(".fifo");
         self.metrics.request("SendMessage");
+        self.metrics.sqs_billed(fifo, body.len());
         let mut request = self
             .sqs
             .send_message()

@@ -11,23 +11,26 @@
 //! | `fv` | N | the format of the item's record (`st`, `d`, or a cancellation's `cv`/`ci`); absent = 1, as written before it existed |
 //! | `ttl` | N | epoch seconds after which the item may go ([`InstanceState::delete_after_ms`]): set only when every cell expires, and never before the dedup retention has passed |
 //!
-//! Two more kinds of items share the table, each written in the same transaction as
-//! the instance commit that makes it:
+//! Two more kinds of items share the table, written with the instance commit that
+//! makes them:
 //! - cancellations of delayed messages, `pk = cancel:…` ([`crate::keys::cancel_key`]),
 //!   `cv`/`ci` = the cancel's position (`fv` 1), kept 366 days: the timer forwarder drops a
 //!   timer issued before it. Written with the commit, a cancel is in effect from then,
 //!   however late the outbox runs;
 //! - dedup entries spilled out of an instance record, `pk = dedup:…`
 //!   ([`crate::keys::dedup_key`]), `d` = the entry, `ttl` = its expiry
-//!   ([`statefun_core::dedup`]).
+//!   ([`statefun_core::dedup`]). An exact id applied by an earlier commit is written
+//!   *ahead* of the commit, by a plain `BatchWriteItem` (1 write unit per KB): it is a
+//!   fact whether or not the commit lands ([`statefun_core::dedup::Spilled::ahead`]).
+//!   A source's mark, or an id the commit itself applies, goes in its transaction.
 //!
 //! Reads are one strongly consistent `BatchGetItem` per 100 keys (unprocessed keys
 //! retried); spilled dedup entries are read the same way, only for addresses that have
 //! them. A batch's commits are written concurrently, one write per address, each
 //! conditional on its version: a `PutItem` (1 write unit per KB) when the instance item
-//! is all it writes, else one `TransactWriteItems` of that address's items only (2 per
-//! KB per item), for the cancellations and dedup entries that must land with it. A
-//! failed condition is a conflict of that address alone.
+//! is all that must land with it, else one `TransactWriteItems` of that address's items
+//! only (2 per KB per item), for the cancellations and dedup entries that must land
+//! with it. A failed condition is a conflict of that address alone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,8 +42,8 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, ReturnConsumedCapacity,
-    TransactWriteItem,
+    AttributeValue, ConsumedCapacity, KeysAndAttributes, Put, PutRequest, ReturnConsumedCapacity,
+    TransactWriteItem, WriteRequest,
 };
 use statefun_core::dedup::{DedupEntry, DedupKey};
 use statefun_core::format::{FormatError, Versioned};
@@ -53,6 +56,7 @@ use crate::metrics::Metrics;
 /// DynamoDB's item size limit.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 const MAX_BATCH_GET: usize = 100;
+const MAX_BATCH_WRITE: usize = 25;
 /// How long a cancellation is honoured: delayed messages may hop for this long.
 const CANCEL_RECORD_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -291,9 +295,11 @@ impl DynamoStore {
         Ok(item)
     }
 
-    /// The items written beside a commit's instance item, in its transaction: its
-    /// cancellations and its spilled dedup entries.
-    fn side_items(&self, commit: &Commit) -> Vec<Item> {
+    /// The items written beside a commit's instance item: those its transaction must
+    /// carry (its cancellations, the dedup entries it moves out that are only facts
+    /// once it lands), and those that may be written ahead of it on their own
+    /// ([`statefun_core::dedup::Spilled::ahead`]).
+    fn side_items(&self, commit: &Commit) -> (Vec<Item>, Vec<Item>) {
         let cancel_ttl = self.clock.now_ms() / 1000 + CANCEL_RECORD_TTL.as_secs();
         let cancels = commit.cancels().map(|(token, issued)| {
             HashMap::from([
@@ -307,7 +313,7 @@ impl DynamoStore {
                 ("ttl".into(), AttributeValue::N(cancel_ttl.to_string())),
             ])
         });
-        let spilled = commit.spill.iter().map(|s| {
+        let spilled = |s: &statefun_core::dedup::Spilled| {
             HashMap::from([
                 (
                     "pk".to_string(),
@@ -320,8 +326,61 @@ impl DynamoStore {
                     AttributeValue::N(s.expires_at_ms.div_ceil(1000).to_string()),
                 ),
             ])
-        });
-        cancels.chain(spilled).collect()
+        };
+        let (ahead, with): (Vec<_>, Vec<_>) = commit.spill.iter().partition(|s| s.ahead);
+        (
+            cancels.chain(with.into_iter().map(spilled)).collect(),
+            ahead.into_iter().map(spilled).collect(),
+        )
+    }
+
+    /// Writes `items` with `BatchWriteItem` (25 a request, unprocessed items retried
+    /// with backoff): unconditional standard writes, 1 write unit per KB each.
+    async fn put_ahead(&self, items: Vec<Item>) -> Result<(), StoreError> {
+        let policy = RetryPolicy::io();
+        for chunk in items.chunks(MAX_BATCH_WRITE) {
+            let units: u64 = chunk.iter().map(|i| write_units(i, false)).sum();
+            let requests: Vec<WriteRequest> = chunk
+                .iter()
+                .map(|item| {
+                    PutRequest::builder()
+                        .set_item(Some(item.clone()))
+                        .build()
+                        .map(|put| WriteRequest::builder().put_request(put).build())
+                        .map_err(|e| StoreError(format!("building a write request: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
+            let mut pending = Some(HashMap::from([(self.table.clone(), requests)]));
+            for wait in std::iter::once(None).chain(policy.delays().map(Some)) {
+                let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
+                    break;
+                };
+                if let Some(wait) = wait {
+                    self.metrics.retry();
+                    tokio::time::sleep(wait).await;
+                }
+                self.metrics.request("BatchWriteItem");
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(items))
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                    .send()
+                    .await
+                    .map_err(|e| store_error("BatchWriteItem", e))?;
+                record_capacity(&self.metrics, out.consumed_capacity());
+                pending = out.unprocessed_items().cloned();
+            }
+            if pending.is_some_and(|p| !p.is_empty()) {
+                return Err(StoreError(format!(
+                    "BatchWriteItem: items still unprocessed after {} tries",
+                    policy.max_attempts
+                )));
+            }
+            // Unprocessed items are not billed until written: the chunk, once.
+            self.metrics.billed(0, units);
+        }
+        Ok(())
     }
 
     /// Strongly consistent reads of `keys` (chunks of 100, unprocessed keys retried
@@ -447,6 +506,7 @@ impl DynamoStore {
         &self,
         commit: &Commit,
         item: Item,
+        sides: Vec<Item>,
     ) -> Result<(Vec<TransactWriteItem>, u64), StoreError> {
         let (expr, value) = Self::condition(commit.precondition);
         let build = |put: aws_sdk_dynamodb::types::builders::PutBuilder| {
@@ -462,28 +522,39 @@ impl DynamoStore {
                 .condition_expression(expr)
                 .set_expression_attribute_values(value.map(|(k, v)| HashMap::from([(k, v)]))),
         )?];
-        for side in self.side_items(commit) {
+        for side in sides {
             units += write_units(&side, true);
             items.push(build(Put::builder().set_item(Some(side)))?);
         }
         Ok((items, units))
     }
 
-    /// An address's commit: a conditional `PutItem` when it is its instance item alone,
-    /// else one transaction of that item and the items beside it (its cancellations,
-    /// its dedup entries moved out), which must land together.
+    /// An address's commit: the dedup entries that may go ahead of it first
+    /// ([`DynamoStore::put_ahead`]), then a conditional `PutItem` when its instance item
+    /// is all that must land, else one transaction of that item and the items that
+    /// must land with it (its cancellations, the dedup entries of ids it applies).
     async fn write_one(&self, commit: &Commit, item: Item) -> Result<(), CommitError> {
-        if commit.spill.is_empty() && commit.cancels().next().is_none() {
+        self.metrics.item(item_bytes(&item));
+        let (sides, ahead) = self.side_items(commit);
+        if !ahead.is_empty() {
+            self.put_ahead(ahead).await?;
+        }
+        if sides.is_empty() {
             self.put_one(commit, item).await
         } else {
-            self.transact(commit, item).await
+            self.transact(commit, item, sides).await
         }
     }
 
     /// One commit's transaction; cancelled for another reason than its condition
     /// (a transaction conflict), it is tried again.
-    async fn transact(&self, commit: &Commit, item: Item) -> Result<(), CommitError> {
-        let (writes, units) = self.transact_items(commit, item)?;
+    async fn transact(
+        &self,
+        commit: &Commit,
+        item: Item,
+        sides: Vec<Item>,
+    ) -> Result<(), CommitError> {
+        let (writes, units) = self.transact_items(commit, item, sides)?;
         let policy = RetryPolicy::io();
         let waits = std::iter::once(None).chain(policy.delays().map(Some));
         for wait in waits {

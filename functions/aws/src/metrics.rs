@@ -6,6 +6,9 @@ use std::sync::Mutex;
 
 use serde_json::{Value as Json, json};
 
+/// SQS bills each 64 KB chunk of a request's payload as one request.
+pub const SQS_CHUNK_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub requests: BTreeMap<&'static str, u64>,
@@ -18,6 +21,12 @@ pub struct Snapshot {
     pub billed_read_units: u64,
     pub billed_write_units: u64,
     pub bytes_sent: u64,
+    /// SQS requests as AWS bills them, by queue kind: each 64 KB of a request's
+    /// payload is one request (FIFO and standard queues have different prices).
+    pub sqs_fifo_billed: u64,
+    pub sqs_standard_billed: u64,
+    /// The size of every instance item written, as DynamoDB counts it (bytes).
+    pub item_bytes: Vec<u32>,
     pub conflicts: u64,
     pub retries: u64,
     /// Records moved to the dead-letter queue.
@@ -45,6 +54,9 @@ impl Snapshot {
         self.billed_read_units += other.billed_read_units;
         self.billed_write_units += other.billed_write_units;
         self.bytes_sent += other.bytes_sent;
+        self.sqs_fifo_billed += other.sqs_fifo_billed;
+        self.sqs_standard_billed += other.sqs_standard_billed;
+        self.item_bytes.extend(&other.item_bytes);
         self.conflicts += other.conflicts;
         self.retries += other.retries;
         self.dead_lettered += other.dead_lettered;
@@ -54,39 +66,76 @@ impl Snapshot {
     }
 
     /// One EMF line: CloudWatch turns it into metrics in namespace `statefun-lambda`.
+    /// A metric that is zero in this batch is left out of the line (but `Messages` and
+    /// `Requests`): a line's bytes are billed as log ingestion, and a metric only for
+    /// the hours it has data, so the rare ones (conflicts, retries, dead letters,
+    /// cancelled timers) cost nothing while nothing happens.
     pub fn emf(&self, function: &str, messages: usize, timestamp_ms: u64) -> Json {
+        let values: [(&str, &str, Json, bool); 10] = [
+            ("Messages", "Count", json!(messages), true),
+            ("Requests", "Count", json!(self.total_requests()), true),
+            (
+                "ReadUnits",
+                "Count",
+                json!(self.read_units),
+                self.read_units > 0.0,
+            ),
+            (
+                "WriteUnits",
+                "Count",
+                json!(self.write_units),
+                self.write_units > 0.0,
+            ),
+            (
+                "BytesSent",
+                "Bytes",
+                json!(self.bytes_sent),
+                self.bytes_sent > 0,
+            ),
+            (
+                "Conflicts",
+                "Count",
+                json!(self.conflicts),
+                self.conflicts > 0,
+            ),
+            ("Retries", "Count", json!(self.retries), self.retries > 0),
+            (
+                "DeadLettered",
+                "Count",
+                json!(self.dead_lettered),
+                self.dead_lettered > 0,
+            ),
+            (
+                "TimersCancelled",
+                "Count",
+                json!(self.timers_cancelled),
+                self.timers_cancelled > 0,
+            ),
+            (
+                "MaxLag",
+                "Milliseconds",
+                json!(self.max_lag_ms),
+                self.max_lag_ms > 0,
+            ),
+        ];
         let mut line = json!({
             "_aws": {
                 "Timestamp": timestamp_ms,
                 "CloudWatchMetrics": [{
                     "Namespace": "statefun-lambda",
                     "Dimensions": [["Function"]],
-                    "Metrics": [
-                        {"Name": "Messages", "Unit": "Count"},
-                        {"Name": "Requests", "Unit": "Count"},
-                        {"Name": "ReadUnits", "Unit": "Count"},
-                        {"Name": "WriteUnits", "Unit": "Count"},
-                        {"Name": "BytesSent", "Unit": "Bytes"},
-                        {"Name": "Conflicts", "Unit": "Count"},
-                        {"Name": "Retries", "Unit": "Count"},
-                        {"Name": "DeadLettered", "Unit": "Count"},
-                        {"Name": "TimersCancelled", "Unit": "Count"},
-                        {"Name": "MaxLag", "Unit": "Milliseconds"},
-                    ],
+                    "Metrics": [],
                 }],
             },
             "Function": function,
-            "Messages": messages,
-            "Requests": self.total_requests(),
-            "ReadUnits": self.read_units,
-            "WriteUnits": self.write_units,
-            "BytesSent": self.bytes_sent,
-            "Conflicts": self.conflicts,
-            "Retries": self.retries,
-            "DeadLettered": self.dead_lettered,
-            "TimersCancelled": self.timers_cancelled,
-            "MaxLag": self.max_lag_ms,
         });
+        for (name, unit, value, _) in values.into_iter().filter(|v| v.3) {
+            line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array_mut()
+                .expect("declared above")
+                .push(json!({"Name": name, "Unit": unit}));
+            line[name] = value;
+        }
         if !self.remote_call_ms.is_empty() {
             // A metric must have a value where it is declared; EMF takes up to 100 values
             // of one metric in a line (CloudWatch computes their statistics).
@@ -135,6 +184,24 @@ impl Metrics {
 
     pub fn bytes(&self, n: usize) {
         self.with(|s| s.bytes_sent += n as u64);
+    }
+
+    /// An SQS request carrying `payload_bytes` to a FIFO or a standard queue: billed
+    /// as one request per 64 KB (at least one).
+    pub fn sqs_billed(&self, fifo: bool, payload_bytes: usize) {
+        let units = payload_bytes.div_ceil(SQS_CHUNK_BYTES).max(1) as u64;
+        self.with(|s| {
+            if fifo {
+                s.sqs_fifo_billed += units;
+            } else {
+                s.sqs_standard_billed += units;
+            }
+        });
+    }
+
+    /// An instance item written (its size as DynamoDB counts it).
+    pub fn item(&self, bytes: usize) {
+        self.with(|s| s.item_bytes.push(u32::try_from(bytes).unwrap_or(u32::MAX)));
     }
 
     pub fn conflict(&self) {
@@ -213,6 +280,10 @@ mod tests {
         assert_eq!(quiet["MaxLag"], 40, "the longest wait of the batch");
         assert_eq!(quiet["DeadLettered"], 1);
         assert!(!declared(&quiet).contains(&"RemoteCallLatency".to_string()));
+        assert!(
+            !declared(&quiet).contains(&"Conflicts".to_string()) && quiet["Conflicts"].is_null(),
+            "a metric that is zero is left out: {quiet}"
+        );
         for name in declared(&quiet) {
             assert!(!quiet[&name].is_null(), "{name} declared without a value");
         }
@@ -222,7 +293,9 @@ mod tests {
         }
         let called = metrics.take().emf("dispatcher", 1, 0);
         assert_eq!(called["RemoteCallLatency"], json!([5.0, 7.0]));
-        assert_eq!(called["MaxLag"], 0, "a new batch starts from zero");
+        assert!(called["MaxLag"].is_null(), "a new batch starts from zero");
+        assert_eq!(called["Messages"], 1, "always there");
+        assert_eq!(called["Requests"], 0, "always there");
         assert!(declared(&called).contains(&"RemoteCallLatency".to_string()));
         assert_eq!(metrics.totals().max_lag_ms, 40);
     }

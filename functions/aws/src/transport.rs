@@ -281,6 +281,10 @@ impl SqsTransport {
             request = request.entries(entry);
         }
         self.metrics.request("SendMessageBatch");
+        self.metrics.sqs_billed(
+            url.ends_with(".fifo"),
+            entries.iter().map(|(_, m)| m.body.len()).sum(),
+        );
         let out = request
             .send()
             .await

@@ -66,6 +66,10 @@ pub(crate) enum Command<A: clap::Args> {
     /// what it cannot decode, and why: the check to run before and after an upgrade.
     /// One JSON line per table or queue; exits non-zero when anything does not read.
     Verify(VerifyArgs),
+    /// What a deployment of the template costs for a traffic mix: USD per million
+    /// messages and per month by kind, from the units the benchmarks measured and
+    /// AWS's list prices (their date printed).
+    Cost(CostArgs),
     /// SQS egress queues.
     Egress {
         #[command(subcommand)]
@@ -922,6 +926,66 @@ fn embedded_state(dir: &std::path::Path, function_type: &str, id: &str) -> anyho
     Ok(())
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CostArgs {
+    /// Messages per second one function sends to another address.
+    #[arg(long, default_value_t = 0.0)]
+    direct: f64,
+    /// Messages per second to one busy address (10 per batch when --fill is 10).
+    #[arg(long, default_value_t = 0.0)]
+    hot: f64,
+    /// Ingress records per second with ids of their own (SQS ingress, Idempotency-Key).
+    #[arg(long, default_value_t = 0.0)]
+    keyed: f64,
+    /// Delayed messages (`send_after`) per second.
+    #[arg(long, default_value_t = 0.0)]
+    delayed: f64,
+    /// HTTP requests per second through API Gateway.
+    #[arg(long, default_value_t = 0.0)]
+    http: f64,
+    /// Messages per batch, 1 to 10: a FIFO queue has no batching window, so a quiet
+    /// one gives batches of 1.
+    #[arg(long, default_value_t = 10.0)]
+    fill: f64,
+    /// How long delayed messages wait (`900s`, `1d`): each 900 s is a delay-queue hop.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    delay: Duration,
+    /// Leave out the template's dashboard and alarms (`Monitoring=false`).
+    #[arg(long)]
+    no_monitoring: bool,
+}
+
+fn cost(args: &CostArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1.0..=10.0).contains(&args.fill),
+        "--fill {} is not a batch size: 1 to 10 messages",
+        args.fill
+    );
+    let rates = [args.direct, args.hot, args.keyed, args.delayed, args.http];
+    anyhow::ensure!(
+        rates.iter().all(|r| r.is_finite() && *r >= 0.0),
+        "rates are messages per second, 0 or more"
+    );
+    let mut mix = crate::cost::Mix {
+        direct: args.direct,
+        hot: args.hot,
+        keyed: args.keyed,
+        delayed: args.delayed,
+        http: args.http,
+        fill: args.fill,
+        delay_seconds: args.delay.as_secs_f64(),
+        monitoring: !args.no_monitoring,
+    };
+    if rates.iter().all(|r| *r == 0.0) {
+        // No mix given: a million of each, to compare them.
+        let each = 1e6 / crate::cost::MONTH_SECONDS;
+        (mix.direct, mix.hot, mix.keyed, mix.delayed, mix.http) = (each, each, each, each, each);
+    }
+    let model = crate::cost::Model::measured();
+    print!("{}", crate::cost::render(&model, &mix, &model.bill(&mix)));
+    Ok(())
+}
+
 /// Runs one command of the CLI.
 pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
     app: &App<A>,
@@ -936,6 +1000,7 @@ pub(crate) async fn execute<A: clap::Args + FromArgMatches + 'static>(
         #[cfg(feature = "aws")]
         Command::Verify(args) => aws::verify(args).await,
         Command::New(args) => crate::scaffold::create(&args),
+        Command::Cost(args) => cost(&args),
         Command::Dlq { command } => match dlq_data_dir(&command) {
             Some(dir) => embedded_dlq(&dir, &command),
             #[cfg(feature = "aws")]

@@ -33,6 +33,7 @@ use statefun_core::Registry;
 use statefun_core::module::{Module, ModuleError};
 
 mod commands;
+pub mod cost;
 #[cfg(feature = "aws")]
 pub mod lambda;
 mod scaffold;
