@@ -334,10 +334,45 @@ impl DynamoStore {
         )
     }
 
+    /// Sends `first` with `send`, then what each answer leaves unprocessed, with the
+    /// I/O backoff between tries, until nothing is left; the answers' results in order.
+    async fn until_processed<T, R, F, Fut>(
+        &self,
+        api: &'static str,
+        first: HashMap<String, T>,
+        mut send: F,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        F: FnMut(HashMap<String, T>) -> Fut,
+        Fut: std::future::Future<Output = Result<(R, Option<HashMap<String, T>>), StoreError>>,
+    {
+        let policy = RetryPolicy::io();
+        let (mut pending, mut results) = (Some(first), Vec::new());
+        for wait in std::iter::once(None).chain(policy.delays().map(Some)) {
+            let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
+                return Ok(results);
+            };
+            if let Some(wait) = wait {
+                self.metrics.retry();
+                tokio::time::sleep(wait).await;
+            }
+            self.metrics.request(api);
+            let (result, left) = send(items).await?;
+            results.push(result);
+            pending = left;
+        }
+        match pending {
+            Some(left) if !left.is_empty() => Err(StoreError(format!(
+                "{api}: still unprocessed after {} tries",
+                policy.max_attempts
+            ))),
+            _ => Ok(results),
+        }
+    }
+
     /// Writes `items` with `BatchWriteItem` (25 a request, unprocessed items retried
     /// with backoff): unconditional standard writes, 1 write unit per KB each.
     async fn put_ahead(&self, items: Vec<Item>) -> Result<(), StoreError> {
-        let policy = RetryPolicy::io();
         for chunk in items.chunks(MAX_BATCH_WRITE) {
             let units: u64 = chunk.iter().map(|i| write_units(i, false)).sum();
             let requests: Vec<WriteRequest> = chunk
@@ -350,16 +385,8 @@ impl DynamoStore {
                         .map_err(|e| StoreError(format!("building a write request: {e}")))
                 })
                 .collect::<Result<_, _>>()?;
-            let mut pending = Some(HashMap::from([(self.table.clone(), requests)]));
-            for wait in std::iter::once(None).chain(policy.delays().map(Some)) {
-                let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
-                    break;
-                };
-                if let Some(wait) = wait {
-                    self.metrics.retry();
-                    tokio::time::sleep(wait).await;
-                }
-                self.metrics.request("BatchWriteItem");
+            let first = HashMap::from([(self.table.clone(), requests)]);
+            self.until_processed("BatchWriteItem", first, |items| async move {
                 let out = self
                     .client
                     .batch_write_item()
@@ -369,14 +396,9 @@ impl DynamoStore {
                     .await
                     .map_err(|e| store_error("BatchWriteItem", e))?;
                 record_capacity(&self.metrics, out.consumed_capacity());
-                pending = out.unprocessed_items().cloned();
-            }
-            if pending.is_some_and(|p| !p.is_empty()) {
-                return Err(StoreError(format!(
-                    "BatchWriteItem: items still unprocessed after {} tries",
-                    policy.max_attempts
-                )));
-            }
+                Ok(((), out.unprocessed_items().cloned()))
+            })
+            .await?;
             // Unprocessed items are not billed until written: the chunk, once.
             self.metrics.billed(0, units);
         }
@@ -398,47 +420,34 @@ impl DynamoStore {
                     AttributeValue::S(k.clone()),
                 )]));
             }
-            let mut pending = Some(HashMap::from([(
+            let first = HashMap::from([(
                 self.table.clone(),
                 request.build().map_err(|e| StoreError(e.to_string()))?,
-            )]));
-            let policy = RetryPolicy::io();
-            for wait in std::iter::once(None).chain(policy.delays().map(Some)) {
-                let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
-                    break;
+            )]);
+            let answers = self
+                .until_processed("BatchGetItem", first, |items| async move {
+                    let out = self
+                        .client
+                        .batch_get_item()
+                        .set_request_items(Some(items))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                        .send()
+                        .await
+                        .map_err(|e| store_error("BatchGetItem", e))?;
+                    record_capacity(&self.metrics, out.consumed_capacity());
+                    let items = out
+                        .responses()
+                        .and_then(|r| r.get(&self.table))
+                        .cloned()
+                        .unwrap_or_default();
+                    Ok((items, out.unprocessed_keys().cloned()))
+                })
+                .await?;
+            for item in answers.into_iter().flatten() {
+                let Some(AttributeValue::S(pk)) = item.get("pk") else {
+                    return Err(StoreError("item without pk".into()));
                 };
-                if let Some(wait) = wait {
-                    self.metrics.retry();
-                    tokio::time::sleep(wait).await;
-                }
-                self.metrics.request("BatchGetItem");
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(items))
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                    .send()
-                    .await
-                    .map_err(|e| store_error("BatchGetItem", e))?;
-                record_capacity(&self.metrics, out.consumed_capacity());
-                for item in out
-                    .responses()
-                    .and_then(|r| r.get(&self.table))
-                    .into_iter()
-                    .flatten()
-                {
-                    let Some(AttributeValue::S(pk)) = item.get("pk") else {
-                        return Err(StoreError("item without pk".into()));
-                    };
-                    found.insert(pk.clone(), item.clone());
-                }
-                pending = out.unprocessed_keys().cloned();
-            }
-            if pending.is_some_and(|p| !p.is_empty()) {
-                return Err(StoreError(format!(
-                    "BatchGetItem: keys still unprocessed after {} tries",
-                    RetryPolicy::io().max_attempts
-                )));
+                found.insert(pk.clone(), item);
             }
         }
         // Strongly consistent: 1 unit per 4 KB of each item, 1 for a missing one.
