@@ -156,6 +156,18 @@ pub struct Failure {
     pub attempts: u32,
 }
 
+impl Failure {
+    /// Why, as every host reports and stores it (bounded: [`crate::failure::REASON_MAX`]).
+    pub fn reason(&self) -> String {
+        crate::failure::excerpt(&self.error.to_string(), crate::failure::REASON_MAX).into_owned()
+    }
+
+    /// What the failure policy says to do with the address's unsettled messages.
+    pub fn next(&self, policy: &crate::RetryPolicy) -> crate::failure::Next {
+        policy.next(self.error.kind(), self.attempts, &self.reason())
+    }
+}
+
 /// The version an instance must have for a commit to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precondition {

@@ -69,6 +69,20 @@ pub enum Verdict {
     DeadLetter,
 }
 
+/// What a host does with an address's unsettled messages: the failure policy's
+/// decision ([`RetryPolicy::next`]), made once in the core for every host, which only
+/// maps it onto its own queue (an SQS batch response, the embedded inbox and its
+/// timers, the harness's queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Another writer committed the address first: load it and run its messages again.
+    RunAgain,
+    /// Deliver them again, the first no earlier than after `after`.
+    Retry { after: Duration },
+    /// Move the first to the dead letters with `reason`; the ones behind it run again.
+    DeadLetter { reason: String },
+}
+
 /// How often and how fast failed messages are tried again, and how the hosts' own
 /// I/O retries back off. Exponential: `initial_backoff × 2^(attempt-1)`, capped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +130,21 @@ impl RetryPolicy {
 
     /// The verdict on a message that failed with `kind`, `attempts` being the tries
     /// of it that count (see the module docs).
+    /// What to do with an address's unsettled messages when the first failed with
+    /// `kind` and `reason` after `attempts` tries that count.
+    pub fn next(&self, kind: FailureKind, attempts: u32, reason: &str) -> Next {
+        match (kind, self.verdict(kind, attempts)) {
+            (FailureKind::Conflict, _) => Next::RunAgain,
+            (FailureKind::Retryable, Verdict::DeadLetter) => Next::DeadLetter {
+                reason: format!("gave up after {attempts} tries: {reason}"),
+            },
+            (_, Verdict::DeadLetter) => Next::DeadLetter {
+                reason: reason.to_string(),
+            },
+            (_, Verdict::Retry { after }) => Next::Retry { after },
+        }
+    }
+
     pub fn verdict(&self, kind: FailureKind, attempts: u32) -> Verdict {
         match kind {
             FailureKind::Poison => Verdict::DeadLetter,
@@ -133,6 +162,36 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_step_is_decided_once_for_every_host() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.next(FailureKind::Conflict, 9, "raced"), Next::RunAgain);
+        assert_eq!(
+            p.next(FailureKind::Retryable, p.max_attempts, "flaky"),
+            Next::DeadLetter {
+                reason: format!("gave up after {} tries: flaky", p.max_attempts)
+            }
+        );
+        assert_eq!(
+            p.next(FailureKind::Poison, 1, "undecodable"),
+            Next::DeadLetter {
+                reason: "undecodable".into()
+            }
+        );
+        assert_eq!(
+            p.next(FailureKind::Unavailable, 0, "store down"),
+            Next::Retry {
+                after: p.backoff(1)
+            }
+        );
+        assert_eq!(
+            p.next(FailureKind::Blocked, 0, "behind"),
+            Next::Retry {
+                after: Duration::ZERO
+            }
+        );
+    }
 
     #[test]
     fn only_poison_and_exhausted_retries_are_dead_lettered() {

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::batch::BatchConfig;
-use crate::failure::Verdict;
+use crate::failure::Next;
 use crate::function::Registry;
 use crate::message::{EgressRecord, Envelope, MessageId};
 use crate::pipeline::{block_on, dispatch};
@@ -146,26 +146,20 @@ impl Harness {
                 &self.clock,
                 batch,
             ));
-            self.delivered.extend(
-                report
-                    .settled
-                    .iter()
-                    .filter_map(|id| by_id.get(id).cloned()),
-            );
-            // The failure policy decides; the harness retries at once (its clock moves
-            // only when told to).
+            self.delivered
+                .extend(report.settled().filter_map(|id| by_id.get(id).cloned()));
+            // The core decided what becomes of each address's unsettled messages; the
+            // harness retries at once (its clock moves only when told to).
             let mut retry = Vec::new();
-            for failed in report.failed {
-                let Some(envelope) = by_id.get(&failed.id).cloned() else {
-                    continue;
-                };
-                match failed.verdict {
-                    Verdict::Retry { .. } => retry.push(envelope),
-                    Verdict::DeadLetter => self.dead_letters.push(DeadLetter {
-                        envelope,
-                        reason: failed.reason,
-                    }),
+            for address in report.addresses {
+                let mut failed = address.failed.into_iter();
+                if let Some(Next::DeadLetter { reason }) = address.next
+                    && let Some(head) = failed.next()
+                    && let Some(envelope) = by_id.get(&head.id).cloned()
+                {
+                    self.dead_letters.push(DeadLetter { envelope, reason });
                 }
+                retry.extend(failed.filter_map(|f| by_id.get(&f.id).cloned()));
             }
             self.transport.requeue_front(retry);
             self.egress.extend(self.transport.take_egress());

@@ -11,7 +11,7 @@ use std::thread::Thread;
 
 use crate::batch::{AddressOutcome, BatchConfig, RemoteBatch, process_address};
 use crate::dedup::DedupKey;
-use crate::failure::{RetryPolicy, Verdict};
+use crate::failure::{Next, RetryPolicy, Verdict};
 use crate::function::Registry;
 use crate::message::{Envelope, MessageId};
 use crate::ports::{Clock, CommitError, StateStore, Transport};
@@ -39,16 +39,72 @@ impl FailedMessage {
     }
 }
 
-/// What became of each message of a batch.
+/// What became of one address's messages, and what its host does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressReport {
+    pub address: Address,
+    /// Messages done (applied now, or before), in order.
+    pub settled: Vec<MessageId>,
+    /// Its messages not settled, in order: the first is the one that failed, the
+    /// others wait behind it.
+    pub failed: Vec<FailedMessage>,
+    /// What to do with `failed`, decided from the first ([`RetryPolicy::next`]); none
+    /// when everything settled.
+    pub next: Option<Next>,
+}
+
+/// What became of each address of a batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchReport {
-    pub settled: Vec<MessageId>,
-    pub failed: Vec<FailedMessage>,
+    /// Per address, in the order addresses first appear in the batch.
+    pub addresses: Vec<AddressReport>,
     pub commits: usize,
     pub conflicts: usize,
+    index: HashMap<Address, usize>,
 }
 
 impl BatchReport {
+    /// Every settled message, address by address.
+    pub fn settled(&self) -> impl Iterator<Item = &MessageId> {
+        self.addresses.iter().flat_map(|a| &a.settled)
+    }
+
+    /// Every message not settled, address by address.
+    pub fn failed(&self) -> impl Iterator<Item = &FailedMessage> {
+        self.addresses.iter().flat_map(|a| &a.failed)
+    }
+
+    fn entry(&mut self, address: &Address) -> &mut AddressReport {
+        let i = *self.index.entry(address.clone()).or_insert_with(|| {
+            self.addresses.push(AddressReport {
+                address: address.clone(),
+                settled: Vec::new(),
+                failed: Vec::new(),
+                next: None,
+            });
+            self.addresses.len() - 1
+        });
+        &mut self.addresses[i]
+    }
+
+    fn settle(&mut self, address: &Address, ids: &[MessageId]) {
+        if !ids.is_empty() {
+            self.entry(address).settled.extend(ids.iter().cloned());
+        }
+    }
+
+    /// Records `failed` (the failed message first) and, if the address had no failure
+    /// yet, what to do about it.
+    fn fail(&mut self, policy: &RetryPolicy, address: &Address, failed: Vec<FailedMessage>) {
+        let report = self.entry(address);
+        if report.next.is_none()
+            && let Some(head) = failed.first()
+        {
+            report.next = Some(policy.next(head.kind, head.attempts, &head.reason));
+        }
+        report.failed.extend(failed);
+    }
+
     fn fail_all(
         &mut self,
         policy: &RetryPolicy,
@@ -57,14 +113,18 @@ impl BatchReport {
         reason: &str,
         kind: FailureKind,
     ) {
-        self.failed.extend(ids.into_iter().map(|id| FailedMessage {
-            address: address.clone(),
-            id,
-            reason: reason.to_string(),
-            kind,
-            attempts: 0,
-            verdict: policy.verdict(kind, 0),
-        }));
+        let failed = ids
+            .into_iter()
+            .map(|id| FailedMessage {
+                address: address.clone(),
+                id,
+                reason: reason.to_string(),
+                kind,
+                attempts: 0,
+                verdict: policy.verdict(kind, 0),
+            })
+            .collect();
+        self.fail(policy, address, failed);
     }
 
     fn add_failure(&mut self, policy: &RetryPolicy, address: &Address, outcome: &AddressOutcome) {
@@ -72,29 +132,32 @@ impl BatchReport {
             return;
         };
         let mut ids = failure.messages.iter();
-        if let Some(first) = ids.next() {
-            let kind = failure.error.kind();
-            self.failed.push(FailedMessage {
-                address: address.clone(),
-                id: first.clone(),
-                reason: crate::failure::excerpt(
-                    &failure.error.to_string(),
-                    crate::failure::REASON_MAX,
-                )
-                .into_owned(),
-                kind,
-                attempts: failure.attempts,
-                verdict: policy.verdict(kind, failure.attempts),
-            });
-            let blocked = format!("blocked behind failed message {first}");
-            self.fail_all(
-                policy,
-                address,
-                ids.cloned(),
-                &blocked,
-                FailureKind::Blocked,
-            );
-        }
+        let Some(first) = ids.next() else {
+            return;
+        };
+        let kind = failure.error.kind();
+        let head = FailedMessage {
+            address: address.clone(),
+            id: first.clone(),
+            reason: failure.reason(),
+            kind,
+            attempts: failure.attempts,
+            verdict: policy.verdict(kind, failure.attempts),
+        };
+        let blocked = format!("blocked behind failed message {first}");
+        let behind = ids.map(|id| FailedMessage {
+            address: address.clone(),
+            id: id.clone(),
+            reason: blocked.clone(),
+            kind: FailureKind::Blocked,
+            attempts: 0,
+            verdict: policy.verdict(FailureKind::Blocked, 0),
+        });
+        self.fail(
+            policy,
+            address,
+            std::iter::once(head).chain(behind).collect(),
+        );
     }
 }
 
@@ -455,7 +518,7 @@ impl<S: StateStore, T: Transport, R: RemoteFunctions> Pipeline<'_, S, T, R> {
         let mut deferred = Vec::new();
         for (i, outcome) in outcomes.iter_mut().enumerate() {
             if ok[i] {
-                report.settled.extend(outcome.settled.iter().cloned());
+                report.settle(&addresses[i], &outcome.settled);
                 report.add_failure(policy, &addresses[i], outcome);
                 deferred.append(&mut outcome.deferred);
             }

@@ -185,7 +185,7 @@ fn a_redelivered_message_is_applied_once_and_its_outbox_resent() {
     let transport = MemoryTransport::new();
     let batch = vec![resent.clone(), resent.clone(), next.clone(), resent.clone()];
     let report = block_on(dispatch(&registry, &store, &transport, &config, &0, batch));
-    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(report.failed().next().is_none(), "{report:?}");
     let state = store.get(&log).expect("log state");
     assert_eq!(
         state.cells["entries"].value.decode::<String>().as_deref(),
@@ -632,7 +632,7 @@ fn a_cancel_is_in_effect_from_its_commit_even_if_its_outbox_never_runs() {
         vec![ingress(2, &t, "cancel:x")],
     ));
     assert_eq!(report.commits, 1, "the cancel committed");
-    assert!(report.settled.is_empty(), "its sends failed");
+    assert!(report.settled().next().is_none(), "its sends failed");
     clock.advance(Duration::from_secs(5));
     let fired = transport.fire_due(clock.now_ms(), |timer| store.is_cancelled(timer));
     assert!(fired.is_empty(), "a timer fired after its cancel committed");
@@ -717,21 +717,24 @@ fn a_message_that_fits_alone_is_never_refused_for_its_batch_mates() {
     let ids: Vec<MessageId> = messages.iter().map(|m| m.id.clone()).collect();
     let report = block_on(dispatch(&r, &store, &transport, &config, &0, messages));
     assert_eq!(
-        report.settled,
+        report.settled().cloned().collect::<Vec<_>>(),
         ids[..3].to_vec(),
         "three 150 KiB outboxes do not fit one record together; each fits alone"
     );
     assert_eq!(transport.take_egress().len(), 3);
-    assert_eq!(report.failed.len(), 1);
-    assert_eq!(report.failed[0].id, ids[3]);
+    assert_eq!(report.failed().count(), 1);
+    assert_eq!(report.failed().next().expect("a failure").id, ids[3]);
     assert!(
-        report.failed[0]
+        report
+            .failed()
+            .next()
+            .expect("a failure")
             .reason
             .contains("instance record (state + outbox) is"),
         "only the message that cannot fit alone is refused: {}",
-        report.failed[0].reason
+        report.failed().next().expect("a failure").reason
     );
-    assert!(!report.failed[0].is_retryable());
+    assert!(!report.failed().next().expect("a failure").is_retryable());
 }
 
 #[test]
@@ -763,22 +766,22 @@ fn a_panicking_function_costs_only_its_message() {
         &0,
         batch,
     ));
-    let failed: Vec<(&MessageId, bool)> = report
-        .failed
-        .iter()
-        .map(|f| (&f.id, f.is_retryable()))
-        .collect();
+    let failed: Vec<(&MessageId, bool)> =
+        report.failed().map(|f| (&f.id, f.is_retryable())).collect();
     assert_eq!(
-        report.settled.len(),
+        report.settled().count(),
         2,
         "the message ahead and the other address"
     );
     assert!(
-        report.failed[0]
+        report
+            .failed()
+            .next()
+            .expect("a failure")
             .reason
             .contains("the function panicked: boom at test/panicky/p"),
         "{}",
-        report.failed[0].reason
+        report.failed().next().expect("a failure").reason
     );
     assert!(!failed[0].1, "a panic is terminal: {failed:?}");
     let mut h = Harness::new(r);
@@ -825,7 +828,7 @@ fn a_committed_outbox_whose_inputs_vanished_is_sent_before_the_next_commit_repla
     // Now a commit lands, its sends fail, and its input is gone for good (a purge, a
     // queue's redrive): nothing will deliver it again.
     let report = w.dispatch(&Down, vec![ingress(3, &w.relay, "orphaned")]);
-    assert_eq!((report.commits, report.settled.len()), (1, 0));
+    assert_eq!((report.commits, report.settled().count()), (1, 0));
     // Once the outbox has settled, the next commit re-sends it before replacing it.
     w.clock.advance(Duration::from_secs(11 * 60));
     w.relay(4, "later");

@@ -518,7 +518,7 @@ impl<'a> Run<'a> {
             &self.clock,
             batch,
         ));
-        for failed in &report.failed {
+        for failed in report.failed() {
             assert!(
                 failed.is_retryable(),
                 "unexpected poison: {}",
@@ -526,12 +526,11 @@ impl<'a> Run<'a> {
             );
         }
         let retry: Vec<Envelope> = report
-            .failed
-            .iter()
+            .failed()
             .filter_map(|f| by_id.get(&f.id).cloned())
             .collect();
         self.transport.inner.requeue_front(retry);
-        for id in &report.settled {
+        for id in report.settled() {
             if self.faults.lock().expect("rng").chance(5)
                 && let Some(e) = by_id.get(id)
             {

@@ -18,15 +18,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use statefun_core::pipeline::{
-    BatchReport, FailedMessage, FailureKind, Invoker, Pipeline, group_by_address,
-};
+use statefun_core::failure::Next;
+use statefun_core::pipeline::{AddressReport, BatchReport, FailedMessage, Invoker, Pipeline};
 use statefun_core::ports::Clock;
 use statefun_core::protocol::{FromFunction, ToFunction};
 use statefun_core::remote::{RemoteError, RemoteFunctions, SpecCache};
-use statefun_core::{
-    Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, TypeName, Verdict,
-};
+use statefun_core::{Address, BatchConfig, Envelope, MessageId, Registry, RetryPolicy, TypeName};
 use statefun_remote::HttpFunctions;
 use tracing::{info, warn};
 
@@ -77,6 +74,28 @@ impl<R: RemoteFunctions> RemoteFunctions for Until<'_, R> {
 }
 
 /// A record of the batch and its decoded envelope.
+/// The records of a batch by message: ids are unique per target only, so a record
+/// is known by both (a message delivered twice is two records).
+struct Records<'a>(HashMap<(&'a Address, &'a MessageId), Vec<usize>>);
+
+impl<'a> Records<'a> {
+    fn of(received: &'a [Received]) -> Self {
+        let mut map: HashMap<_, Vec<usize>> = HashMap::new();
+        for (i, r) in received.iter().enumerate() {
+            map.entry((&r.envelope.target, &r.envelope.id))
+                .or_default()
+                .push(i);
+        }
+        Records(map)
+    }
+
+    /// The records of `failed`'s messages of `address`, in order.
+    fn of_messages(&self, address: &Address, failed: &[FailedMessage]) -> Vec<usize> {
+        let ids = failed.iter().filter_map(|f| self.0.get(&(address, &f.id)));
+        ids.flatten().copied().collect()
+    }
+}
+
 struct Received {
     record_id: String,
     body: String,
@@ -243,112 +262,104 @@ impl Dispatcher {
         pipeline.dispatch(batch).await
     }
 
-    /// Runs the decoded records; returns the record ids to report as failed.
+    /// Runs the decoded records; returns the record ids to report as failed. The
+    /// core reports, per address, what to do with its unsettled messages
+    /// ([`Dispatcher::after`] maps that onto SQS).
     async fn run(&self, received: &[Received], deadline: Option<Instant>) -> Vec<String> {
-        // Ids are unique per target only: a record is known by both.
-        let records_of = |address: &Address, id: &MessageId| -> Vec<usize> {
-            (0..received.len())
-                .filter(|&i| {
-                    &received[i].envelope.id == id && &received[i].envelope.target == address
-                })
-                .collect()
-        };
-        let mut failed = Vec::new();
-        let mut pending: Vec<usize> = (0..received.len()).collect();
+        let records = Records::of(received);
+        let (mut failed, mut pending) = (Vec::new(), (0..received.len()).collect::<Vec<_>>());
         for round in 0..=self.settings.conflict_retries {
-            if pending.is_empty() {
+            if pending.is_empty() || round > 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             if round > 0 {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
                 // Let the racer that won finish before reloading.
                 tokio::time::sleep(RetryPolicy::io().backoff(round)).await;
             }
-            let batch: Vec<Envelope> = pending
+            let batch = pending
                 .iter()
                 .map(|&i| received[i].envelope.clone())
                 .collect();
-            let report = self.dispatch(batch, deadline).await;
-            let verdicts: HashMap<(Address, MessageId), FailedMessage> = report
-                .failed
-                .into_iter()
-                .map(|f| ((f.address.clone(), f.id.clone()), f))
-                .collect();
-            let unsettled: Vec<Envelope> = pending
-                .iter()
-                .map(|&i| &received[i].envelope)
-                .filter(|e| verdicts.contains_key(&(e.target.clone(), e.id.clone())))
-                .cloned()
-                .collect();
+            let last_round = round == self.settings.conflict_retries;
             let mut next = Vec::new();
-            for (address, messages) in group_by_address(unsettled) {
-                let Some(head) = messages
-                    .first()
-                    .and_then(|m| verdicts.get(&(address.clone(), m.id.clone())))
-                else {
-                    continue;
-                };
-                let records: Vec<usize> = messages
-                    .iter()
-                    .flat_map(|m| records_of(&address, &m.id))
-                    .collect();
-                let last_round = round == self.settings.conflict_retries;
-                match (head.kind, head.verdict) {
-                    (FailureKind::Conflict, _) if !last_round => {
-                        info!(%address, "version conflict; running the address again");
-                        next.extend(records);
-                    }
-                    (kind, Verdict::DeadLetter) => {
-                        let reason = if kind == FailureKind::Retryable {
-                            format!("gave up after {} tries: {}", head.attempts, head.reason)
-                        } else {
-                            head.reason.clone()
-                        };
-                        let group = crate::keys::group_id(&address);
-                        let head_records = records_of(&address, &head.id);
-                        let mut moved = true;
-                        for &r in &head_records {
-                            let rec = &received[r];
-                            moved &= self
-                                .dead_letters
-                                .send(
-                                    "dispatcher",
-                                    &rec.body,
-                                    &group,
-                                    &rec.record_id,
-                                    &reason,
-                                    rec.first_received_ms,
-                                )
-                                .await
-                                .is_ok();
-                        }
-                        let rest = records.into_iter().filter(|r| !head_records.contains(r));
-                        if moved {
-                            next.extend(rest);
-                        } else {
-                            failed.extend(
-                                head_records
-                                    .iter()
-                                    .chain(rest.collect::<Vec<_>>().iter())
-                                    .map(|&r| received[r].record_id.clone()),
-                            );
-                        }
-                    }
-                    _ => {
-                        warn!(%address, message_id = %head.id, reason = %head.reason, "failed; SQS will redeliver");
-                        failed.extend(records.iter().map(|&r| received[r].record_id.clone()));
-                    }
-                }
+            for report in self.dispatch(batch, deadline).await.addresses {
+                let (again, gave_up) = self.after(received, &records, &report, last_round).await;
+                next.extend(again);
+                failed.extend(gave_up);
             }
             next.sort_unstable();
             next.dedup();
             pending = next;
         }
-        failed.extend(pending.iter().map(|&r| received[r].record_id.clone()));
+        failed.extend(pending);
+        let mut failed: Vec<String> = failed
+            .iter()
+            .map(|&r| received[r].record_id.clone())
+            .collect();
         failed.sort_unstable();
         failed.dedup();
         failed
+    }
+
+    /// What becomes of an address's records after a pass, as the core decided: the
+    /// records to run again now, and those to report failed (SQS redelivers them).
+    async fn after(
+        &self,
+        received: &[Received],
+        records: &Records<'_>,
+        report: &AddressReport,
+        last_round: bool,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let (address, unsettled) = (&report.address, &report.failed[..]);
+        let (Some(next), Some((head, behind))) = (&report.next, unsettled.split_first()) else {
+            return (Vec::new(), Vec::new());
+        };
+        match next {
+            Next::RunAgain if !last_round => {
+                info!(%address, "version conflict; running the address again");
+                (records.of_messages(address, unsettled), Vec::new())
+            }
+            Next::DeadLetter { reason } => {
+                let head = records.of_messages(address, std::slice::from_ref(head));
+                if self.dead_letter(received, address, &head, reason).await {
+                    (records.of_messages(address, behind), Vec::new())
+                } else {
+                    (Vec::new(), records.of_messages(address, unsettled))
+                }
+            }
+            Next::RunAgain | Next::Retry { .. } => {
+                warn!(%address, message_id = %head.id, reason = %head.reason, "failed; SQS will redeliver");
+                (Vec::new(), records.of_messages(address, unsettled))
+            }
+        }
+    }
+
+    /// Moves the records of an address's failed head message to the DLQ with `reason`;
+    /// whether every one of them got there.
+    async fn dead_letter(
+        &self,
+        received: &[Received],
+        address: &Address,
+        head: &[usize],
+        reason: &str,
+    ) -> bool {
+        let group = crate::keys::group_id(address);
+        let mut moved = true;
+        for &r in head {
+            let rec = &received[r];
+            moved &= self
+                .dead_letters
+                .send(
+                    "dispatcher",
+                    &rec.body,
+                    &group,
+                    &rec.record_id,
+                    reason,
+                    rec.first_received_ms,
+                )
+                .await
+                .is_ok();
+        }
+        moved
     }
 }

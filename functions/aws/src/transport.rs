@@ -292,17 +292,7 @@ impl SqsTransport {
         Ok(out
             .failed()
             .iter()
-            .map(|f| {
-                (
-                    f.id().to_string(),
-                    format!(
-                        "entry {}: {} {}",
-                        f.id(),
-                        f.code(),
-                        f.message().unwrap_or("")
-                    ),
-                )
-            })
+            .map(|f| entry_failure(f.id(), f.code(), f.message()))
             .collect())
     }
 
@@ -330,17 +320,7 @@ impl SqsTransport {
         Ok(out
             .failed()
             .iter()
-            .map(|f| {
-                (
-                    f.id().to_string(),
-                    format!(
-                        "entry {}: {} {}",
-                        f.id(),
-                        f.code(),
-                        f.message().unwrap_or("")
-                    ),
-                )
-            })
+            .map(|f| entry_failure(f.id(), f.code(), f.message()))
             .collect())
     }
 }
@@ -481,6 +461,14 @@ impl Transport for SqsTransport {
             .map(|e| e.map_or(Ok(()), |e| Err(TransportError(e))))
             .collect()
     }
+}
+
+/// A batch entry the service refused: its id and why (SQS and SNS answer alike).
+fn entry_failure(id: &str, code: &str, message: Option<&str>) -> (String, String) {
+    (
+        id.to_string(),
+        format!("entry {id}: {code} {}", message.unwrap_or("")),
+    )
 }
 
 #[cfg(test)]

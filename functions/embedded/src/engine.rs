@@ -35,12 +35,13 @@ use redb::{
 };
 use statefun_core::batch::RemoteBatch;
 use statefun_core::dedup::DedupKey;
+use statefun_core::failure::Next;
 use statefun_core::pipeline::{Invoker, block_on, dedup_lookups};
 use statefun_core::ports::Clock;
 use statefun_core::remote::{RemoteFunctions, SpecCache};
 use statefun_core::{
     Address, AddressOutcome, EgressRecord, Envelope, InstanceState, MessageId, OutboxEntry,
-    Registry, TypedValue, Verdict,
+    Registry, TypedValue,
 };
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -800,36 +801,39 @@ impl Engine {
                     let mut entry = self.pending[&culprit].clone();
                     entry.attempts += 1;
                     let first_failed = *entry.first_failed_ms.get_or_insert(now);
-                    let reason = statefun_core::failure::excerpt(
-                        &failure.error.to_string(),
-                        statefun_core::failure::REASON_MAX,
-                    )
-                    .into_owned();
                     let policy = &self.config.batch.retry;
-                    if let Verdict::Retry { after } =
-                        policy.verdict(failure.error.kind(), failure.attempts)
-                    {
-                        warn!(%address, message_id = %entry.envelope.id, attempts = failure.attempts, %reason, "invocation failed; will retry");
-                        // An accepted row moves into the engine's inbox with its count.
-                        tables
-                            .inbox
-                            .insert(culprit, store::record(&entry).as_slice())?;
-                        if self.accepted.contains(&culprit) {
-                            settled.push(culprit);
+                    let after = match failure.next(policy) {
+                        Next::Retry { after } => Ok(after),
+                        // One writer: no other commit can race this one.
+                        Next::RunAgain => Ok(Duration::ZERO),
+                        Next::DeadLetter { reason } => Err(reason),
+                    };
+                    match after {
+                        Ok(after) => {
+                            let reason = failure.reason();
+                            warn!(%address, message_id = %entry.envelope.id, attempts = failure.attempts, %reason, "invocation failed; will retry");
+                            // An accepted row moves into the engine's inbox with its count.
+                            tables
+                                .inbox
+                                .insert(culprit, store::record(&entry).as_slice())?;
+                            if self.accepted.contains(&culprit) {
+                                settled.push(culprit);
+                            }
+                            let backoff = after.max(policy.backoff(entry.attempts));
+                            self.retry_at
+                                .insert(address.clone(), Instant::now() + backoff);
+                            self.pending.insert(culprit, entry);
                         }
-                        let backoff = after.max(policy.backoff(entry.attempts));
-                        self.retry_at
-                            .insert(address.clone(), Instant::now() + backoff);
-                        self.pending.insert(culprit, entry);
-                    } else {
-                        error!(%address, message_id = %entry.envelope.id, %reason, "dead-lettering message");
-                        self.metrics.dead_letter(failure.error.kind());
-                        if self.accepted.contains(&culprit) {
-                            settled.push(culprit);
-                        } else {
-                            tables.inbox.remove(culprit)?;
+                        Err(reason) => {
+                            error!(%address, message_id = %entry.envelope.id, %reason, "dead-lettering message");
+                            self.metrics.dead_letter(failure.error.kind());
+                            if self.accepted.contains(&culprit) {
+                                settled.push(culprit);
+                            } else {
+                                tables.inbox.remove(culprit)?;
+                            }
+                            dead.push((culprit, entry.envelope, reason, first_failed));
                         }
-                        dead.push((culprit, entry.envelope, reason, first_failed));
                     }
                 }
             }
