@@ -360,6 +360,7 @@ async fn the_python_playground_greeter_runs_through_the_aws_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_remote_function_fails_back_at_the_invocations_deadline_and_the_rest_commits() {
+    use statefun_aws::sqs_batch::SqsHandler;
     let py = PythonFunctions::start(free_port());
     let aws = Aws::start(Dynamo::Moto, registry(), &[], &[]).await;
     // A generous call timeout: without a deadline the slow call would answer (after 3 s).

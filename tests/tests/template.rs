@@ -94,6 +94,54 @@ fn every_role_names_only_the_actions_and_resources_it_needs() {
     }
 }
 
+/// The dispatcher's role allows every DynamoDB call its store makes: an action the code
+/// calls and the role lacks is an `AccessDeniedException` on AWS, found only under
+/// load (the store names each call it makes, for its metrics, as a string).
+#[test]
+fn the_dispatcher_may_make_every_dynamodb_call_its_store_makes() {
+    let source = include_str!("../../functions/aws/src/dynamo.rs");
+    let t = template();
+    let mut allowed = Vec::new();
+    for policy in t["Resources"]["DispatcherRole"]["Properties"]["Policies"]
+        .as_array()
+        .expect("inline policies")
+    {
+        let mut all = Vec::new();
+        statements(&policy["PolicyDocument"]["Statement"], &mut all);
+        allowed.extend(all.iter().flat_map(|s| strings(&s["Action"])));
+    }
+    let apis = [
+        "BatchGetItem",
+        "BatchWriteItem",
+        "DeleteItem",
+        "GetItem",
+        "PutItem",
+        "Query",
+        "Scan",
+        "TransactWriteItems",
+        "UpdateItem",
+    ];
+    let called: Vec<&str> = apis
+        .into_iter()
+        .filter(|api| source.contains(&format!("\"{api}\"")))
+        .collect();
+    assert!(
+        called.contains(&"PutItem"),
+        "the store's calls are named: {called:?}"
+    );
+    for api in called {
+        // A transaction of Put items is authorized as PutItem.
+        let action = match api {
+            "TransactWriteItems" => "dynamodb:PutItem".to_string(),
+            api => format!("dynamodb:{api}"),
+        };
+        assert!(
+            allowed.contains(&action),
+            "the dispatcher calls {api} but its role lacks {action}"
+        );
+    }
+}
+
 #[test]
 fn functions_build_with_cargo_lambda_and_report_partial_batch_failures() {
     let t = template();

@@ -13,11 +13,11 @@
 //!   in order. Store and transport failures are never dead-lettered: the commit may have
 //!   landed, and the redelivery is what re-sends its outbox.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use statefun_core::failure::Next;
 use statefun_core::pipeline::{AddressReport, BatchReport, FailedMessage, Invoker, Pipeline};
 use statefun_core::ports::Clock;
@@ -31,6 +31,7 @@ use crate::dead_letter::DeadLetters;
 use crate::dynamo::DynamoStore;
 use crate::envelope;
 use crate::metrics::{Metrics, Snapshot};
+use crate::sqs_batch::{self, Read, Record, Role, Shared, SqsHandler};
 use crate::transport::SqsTransport;
 
 /// Remote functions whose calls end at a deadline: a call still running then fails as
@@ -82,9 +83,7 @@ impl<'a> Records<'a> {
     fn of(received: &'a [Received]) -> Self {
         let mut map: HashMap<_, Vec<usize>> = HashMap::new();
         for (i, r) in received.iter().enumerate() {
-            map.entry((&r.envelope.target, &r.envelope.id))
-                .or_default()
-                .push(i);
+            map.entry((&r.item.target, &r.item.id)).or_default().push(i);
         }
         Records(map)
     }
@@ -96,12 +95,8 @@ impl<'a> Records<'a> {
     }
 }
 
-struct Received {
-    record_id: String,
-    body: String,
-    envelope: Envelope,
-    first_received_ms: Option<u64>,
-}
+/// A record of the inbox, read.
+type Received = Record<Envelope>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DispatcherSettings {
@@ -168,78 +163,6 @@ impl Dispatcher {
         self.handle_until(event, None).await
     }
 
-    /// Handles one SQS event and answers by `deadline` (a Lambda invocation's, less a
-    /// margin): remote calls still running then fail back as unavailable and conflict
-    /// re-runs stop, so what cannot finish is reported in `batchItemFailures` — and
-    /// the rest of the batch commits — before Lambda's timeout would fail it all.
-    pub async fn handle_until(
-        &self,
-        event: SqsEvent,
-        deadline: Option<Instant>,
-    ) -> SqsBatchResponse {
-        let records = event.records.len();
-        let mut failed: Vec<String> = Vec::new();
-        let mut received: Vec<Received> = Vec::new();
-        let mut sent_at: Vec<(String, u64)> = Vec::new();
-        // Groups held back behind a newer build's message: their later messages wait
-        // with it, in order.
-        let mut held: HashSet<String> = HashSet::new();
-        for record in event.records {
-            let sent = crate::sent_timestamp(&record);
-            let first_received_ms = crate::first_received(&record);
-            let record_id = record.message_id.unwrap_or_default();
-            if let Some(sent) = sent {
-                sent_at.push((record_id.clone(), sent));
-            }
-            let body = record.body.unwrap_or_default();
-            let group = record.attributes.get("MessageGroupId").cloned();
-            if group.as_ref().is_some_and(|g| held.contains(g)) {
-                failed.push(record_id);
-                continue;
-            }
-            match envelope::decode(&body) {
-                // A rolling deploy: a newer build reads it; never dead-lettered.
-                Err(e) if e.is_newer() => {
-                    warn!(record = %record_id, reason = %e, "left for a newer build");
-                    held.extend(group);
-                    failed.push(record_id);
-                }
-                Ok(envelope) => received.push(Received {
-                    record_id,
-                    body,
-                    envelope,
-                    first_received_ms,
-                }),
-                Err(e) => {
-                    let group = group.unwrap_or_else(|| "undecodable".into());
-                    let sent = self
-                        .dead_letters
-                        .send(
-                            "dispatcher",
-                            &body,
-                            &group,
-                            &record_id,
-                            &e.to_string(),
-                            first_received_ms,
-                        )
-                        .await;
-                    if sent.is_err() {
-                        failed.push(record_id);
-                    }
-                }
-            }
-        }
-        failed.extend(self.run(&received, deadline).await);
-        self.metrics.lag_of(&sent_at, &failed, self.clock.now_ms());
-
-        let snapshot = self.metrics.take();
-        println!(
-            "{}",
-            snapshot.emf("dispatcher", records, self.clock.now_ms())
-        );
-        crate::batch_response(&failed)
-    }
-
     /// One pass of the core pipeline, with the module's remote functions if any.
     async fn dispatch(&self, batch: Vec<Envelope>, deadline: Option<Instant>) -> BatchReport {
         let remote = Until {
@@ -265,7 +188,7 @@ impl Dispatcher {
     /// Runs the decoded records; returns the record ids to report as failed. The
     /// core reports, per address, what to do with its unsettled messages
     /// ([`Dispatcher::after`] maps that onto SQS).
-    async fn run(&self, received: &[Received], deadline: Option<Instant>) -> Vec<String> {
+    async fn run_all(&self, received: &[Received], deadline: Option<Instant>) -> Vec<String> {
         let records = Records::of(received);
         let (mut failed, mut pending) = (Vec::new(), (0..received.len()).collect::<Vec<_>>());
         for round in 0..=self.settings.conflict_retries {
@@ -276,10 +199,7 @@ impl Dispatcher {
                 // Let the racer that won finish before reloading.
                 tokio::time::sleep(RetryPolicy::io().backoff(round)).await;
             }
-            let batch = pending
-                .iter()
-                .map(|&i| received[i].envelope.clone())
-                .collect();
+            let batch = pending.iter().map(|&i| received[i].item.clone()).collect();
             let last_round = round == self.settings.conflict_retries;
             let mut next = Vec::new();
             for report in self.dispatch(batch, deadline).await.addresses {
@@ -292,10 +212,7 @@ impl Dispatcher {
             pending = next;
         }
         failed.extend(pending);
-        let mut failed: Vec<String> = failed
-            .iter()
-            .map(|&r| received[r].record_id.clone())
-            .collect();
+        let mut failed: Vec<String> = failed.iter().map(|&r| received[r].id.clone()).collect();
         failed.sort_unstable();
         failed.dedup();
         failed
@@ -353,7 +270,7 @@ impl Dispatcher {
                     "dispatcher",
                     &rec.body,
                     &group,
-                    &rec.record_id,
+                    &rec.id,
                     reason,
                     rec.first_received_ms,
                 )
@@ -361,5 +278,44 @@ impl Dispatcher {
                 .is_ok();
         }
         moved
+    }
+}
+
+impl Role for Dispatcher {
+    type Item = Envelope;
+    const NAME: &'static str = "dispatcher";
+
+    fn shared(&self) -> Shared<'_> {
+        Shared::new(&self.dead_letters, &self.metrics, self.clock.as_ref())
+    }
+
+    fn read(&self, record: &SqsMessage, body: &str) -> Read<Envelope> {
+        match envelope::decode(body) {
+            Ok(envelope) => Read::Item(envelope),
+            // A rolling deploy: a newer build reads it; never dead-lettered.
+            Err(e) if e.is_newer() => Read::Newer(e.to_string()),
+            Err(e) => Read::Poison {
+                reason: e.to_string(),
+                group: record
+                    .attributes
+                    .get("MessageGroupId")
+                    .cloned()
+                    .unwrap_or_else(|| "undecodable".into()),
+            },
+        }
+    }
+
+    async fn run(&self, received: Vec<Received>, deadline: Option<Instant>) -> Vec<String> {
+        self.run_all(&received, deadline).await
+    }
+}
+
+/// Answers by `deadline` (a Lambda invocation's, less a margin): remote calls still
+/// running then fail back as unavailable and conflict re-runs stop, so what cannot
+/// finish is reported in `batchItemFailures` — and the rest of the batch commits —
+/// before Lambda's timeout would fail it all.
+impl SqsHandler for Dispatcher {
+    async fn handle_until(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+        sqs_batch::handle(self, event, deadline).await
     }
 }

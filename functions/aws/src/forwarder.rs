@@ -8,9 +8,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::envelope::{self, TimerMessage};
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use statefun_core::ports::Clock;
 use statefun_core::{Envelope, Issued};
 use tracing::debug;
@@ -19,6 +20,7 @@ use crate::dead_letter::DeadLetters;
 use crate::dynamo::DynamoStore;
 use crate::keys::cancel_key;
 use crate::metrics::Metrics;
+use crate::sqs_batch::{self, Read, Record, Role, Shared, SqsHandler};
 use crate::transport::SqsTransport;
 
 pub struct TimerForwarder {
@@ -105,109 +107,118 @@ impl TimerForwarder {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let now = self.clock.now_ms();
-        let records = event.records.len();
-        let mut failed = Vec::new();
-        let mut due: Vec<(String, TimerMessage)> = Vec::new();
-        let mut due_at: Vec<(String, u64)> = Vec::new();
-        let mut hop: Vec<(String, TimerMessage)> = Vec::new();
-        for record in event.records {
-            let first_received_ms = crate::first_received(&record);
-            let id = record.message_id.unwrap_or_default();
-            let body = record.body.unwrap_or_default();
-            match envelope::decode_timer(&body) {
-                Ok(t) if t.due_at_ms <= now => {
-                    due_at.push((id.clone(), t.due_at_ms));
-                    due.push((id, t));
-                }
-                Ok(t) => hop.push((id, t)),
-                // A newer build's body (a rolling deploy): for a build that reads it.
-                Err(e) if e.is_newer() => failed.push(id),
-                Err(e) => {
-                    if self
-                        .dead_letters
-                        .send(
-                            "timer-forwarder",
-                            &body,
-                            "timers",
-                            &id,
-                            &e.to_string(),
-                            first_received_ms,
-                        )
-                        .await
-                        .is_err()
-                    {
-                        failed.push(id);
-                    }
-                }
-            }
-        }
+        self.handle_until(event, None).await
+    }
 
-        let timers: Vec<TimerMessage> = hop.iter().map(|(_, t)| t.clone()).collect();
-        for ((id, _), error) in hop.iter().zip(self.transport.send_to_delay(&timers).await) {
-            if error.is_some() {
-                failed.push(id.clone());
-            }
-        }
+    /// Sends the timers that are not due back to the delay queue for another hop; the
+    /// records that failed.
+    async fn hop(&self, hop: Vec<Record<Timer>>) -> Vec<String> {
+        let timers: Vec<TimerMessage> = hop.iter().map(|r| r.item.message.clone()).collect();
+        let results = self.transport.send_to_delay(&timers).await;
+        hop.into_iter()
+            .zip(results)
+            .filter(|(_, error)| error.is_some())
+            .map(|(r, _)| r.id)
+            .collect()
+    }
 
-        // One delivery per timer: a timer delivered twice in one batch (a re-send, a
-        // standard-queue duplicate) is sent once and both records are acknowledged.
+    /// Delivers the due timers that were not cancelled, once each (a timer delivered
+    /// twice in one batch — a re-send, a standard-queue duplicate — is sent once and
+    /// both records are acknowledged); the records that failed.
+    async fn deliver(&self, due: Vec<Record<Timer>>) -> Vec<String> {
         let mut copies: HashMap<String, Vec<String>> = HashMap::new();
         let mut unique: Vec<TimerMessage> = Vec::new();
-        for (record, t) in due {
-            let id = format!("{}|{}", t.envelope.target, t.envelope.id);
-            let seen = copies.entry(id).or_default();
+        for r in due {
+            let t = r.item.message;
+            let seen = copies.entry(timer_id(&t)).or_default();
             if seen.is_empty() {
                 unique.push(t);
             }
-            seen.push(record);
+            seen.push(r.id);
         }
-        let records_of = |t: &TimerMessage| {
-            copies
-                .get(&format!("{}|{}", t.envelope.target, t.envelope.id))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let records_of = |t: &TimerMessage| copies.get(&timer_id(t)).cloned().unwrap_or_default();
         let keys: BTreeSet<String> = unique.iter().filter_map(key).collect();
-        match self.cancellations(keys).await {
+        let cancelled = match self.cancellations(keys).await {
+            Ok(cancelled) => cancelled,
             Err(e) => {
                 tracing::warn!(reason = %e, "reading cancellations failed; timers retried");
-                failed.extend(unique.iter().flat_map(records_of));
+                return unique.iter().flat_map(records_of).collect();
             }
-            Ok(cancelled) => {
-                let (unsure, unique): (Vec<_>, Vec<_>) = unique
-                    .into_iter()
-                    .partition(|t| key(t).is_some_and(|k| cancelled.unread.contains(&k)));
-                failed.extend(unsure.iter().flat_map(records_of));
-                let (deliver, dropped): (Vec<_>, Vec<_>) = unique.into_iter().partition(|t| {
-                    key(t)
-                        .and_then(|k| cancelled.read.get(&k))
-                        .is_none_or(|cancel| *cancel < t.issued)
-                });
-                self.metrics.timers_cancelled(dropped.len());
-                for t in &dropped {
-                    debug!(address = %t.envelope.target, message_id = %t.envelope.id, "cancelled delayed message dropped");
-                }
-                let envelopes: Vec<Envelope> = deliver.iter().map(|t| t.envelope.clone()).collect();
-                for (t, error) in deliver
-                    .iter()
-                    .zip(self.transport.send_to_inbox(&envelopes).await)
-                {
-                    if error.is_some() {
-                        failed.extend(records_of(t));
-                    }
-                }
+        };
+        let (unsure, unique): (Vec<_>, Vec<_>) = unique
+            .into_iter()
+            .partition(|t| key(t).is_some_and(|k| cancelled.unread.contains(&k)));
+        let mut failed: Vec<String> = unsure.iter().flat_map(records_of).collect();
+        let (deliver, dropped): (Vec<_>, Vec<_>) = unique.into_iter().partition(|t| {
+            key(t)
+                .and_then(|k| cancelled.read.get(&k))
+                .is_none_or(|cancel| *cancel < t.issued)
+        });
+        self.metrics.timers_cancelled(dropped.len());
+        for t in &dropped {
+            debug!(address = %t.envelope.target, message_id = %t.envelope.id, "cancelled delayed message dropped");
+        }
+        let envelopes: Vec<Envelope> = deliver.iter().map(|t| t.envelope.clone()).collect();
+        let results = self.transport.send_to_inbox(&envelopes).await;
+        for (t, error) in deliver.iter().zip(results) {
+            if error.is_some() {
+                failed.extend(records_of(t));
             }
         }
+        failed
+    }
+}
 
-        // A delayed message waits by design: its lag is how late past its due time
-        // it is delivered.
-        let end = self.clock.now_ms();
-        self.metrics.lag_of(&due_at, &failed, end);
-        println!(
-            "{}",
-            self.metrics.take().emf("timer-forwarder", records, end)
-        );
-        crate::batch_response(&failed)
+/// A delayed message read from the delay queue, and whether it was due when read.
+pub(crate) struct Timer {
+    message: TimerMessage,
+    due: bool,
+}
+
+/// One delivery of a timer: its target and id.
+fn timer_id(t: &TimerMessage) -> String {
+    format!("{}|{}", t.envelope.target, t.envelope.id)
+}
+
+impl Role for TimerForwarder {
+    type Item = Timer;
+    const NAME: &'static str = "timer-forwarder";
+
+    fn shared(&self) -> Shared<'_> {
+        Shared::new(&self.dead_letters, &self.metrics, self.clock.as_ref())
+    }
+
+    fn read(&self, _record: &SqsMessage, body: &str) -> Read<Timer> {
+        match envelope::decode_timer(body) {
+            Ok(message) => Read::Item(Timer {
+                due: message.due_at_ms <= self.clock.now_ms(),
+                message,
+            }),
+            // A newer build's body (a rolling deploy): for a build that reads it.
+            Err(e) if e.is_newer() => Read::Newer(e.to_string()),
+            Err(e) => Read::Poison {
+                reason: e.to_string(),
+                group: "timers".into(),
+            },
+        }
+    }
+
+    /// A delayed message waits by design: its lag is how late past its due time it
+    /// is delivered (a timer not due yet, or poison, has none).
+    fn waiting_since(&self, _record: &SqsMessage, item: Option<&Timer>) -> Option<u64> {
+        item.filter(|t| t.due).map(|t| t.message.due_at_ms)
+    }
+
+    async fn run(&self, records: Vec<Record<Timer>>, _deadline: Option<Instant>) -> Vec<String> {
+        let (due, hop): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.item.due);
+        let mut failed = self.hop(hop).await;
+        failed.extend(self.deliver(due).await);
+        failed
+    }
+}
+
+impl SqsHandler for TimerForwarder {
+    async fn handle_until(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+        sqs_batch::handle(self, event, deadline).await
     }
 }

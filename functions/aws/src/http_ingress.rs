@@ -112,17 +112,7 @@ impl HttpIngress {
                 .unwrap_or_default()
         };
         let header = |name: &str| event.headers.get(name).and_then(|v| v.to_str().ok());
-        let raw = event.body.as_deref().unwrap_or_default();
-        let body = if event.is_base64_encoded {
-            base64::engine::general_purpose::STANDARD
-                .decode(raw)
-                .map_err(|e| Rejected {
-                    status: 400,
-                    message: format!("the body is not valid base64: {e}"),
-                })?
-        } else {
-            raw.as_bytes().to_vec()
-        };
+        let body = body_of(event)?;
         if body.len() > self.max_body_bytes {
             return Err(contract::too_large(self.max_body_bytes));
         }
@@ -162,4 +152,18 @@ impl HttpIngress {
             json!({ "message_id": envelope.id.to_string() }),
         ))
     }
+}
+
+/// The request's body, decoded from base64 when API Gateway encoded it.
+fn body_of(event: &ApiGatewayV2httpRequest) -> Result<Vec<u8>, Rejected> {
+    let raw = event.body.as_deref().unwrap_or_default();
+    if !event.is_base64_encoded {
+        return Ok(raw.as_bytes().to_vec());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|e| Rejected {
+            status: 400,
+            message: format!("the body is not valid base64: {e}"),
+        })
 }

@@ -10,6 +10,7 @@
 //! record is applied once. Unroutable records go to the DLQ with the reason.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use base64::Engine;
@@ -20,6 +21,7 @@ use statefun_core::{Address, Envelope, MessageId, Registry, TypeName, TypedValue
 
 use crate::dead_letter::DeadLetters;
 use crate::metrics::Metrics;
+use crate::sqs_batch::{self, Read, Record, Role, Shared, SqsHandler};
 use crate::transport::SqsTransport;
 use statefun_core::module::{IdFrom, SqsIngress as Route, SqsRouting};
 
@@ -194,67 +196,66 @@ impl SqsIngress {
     }
 
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        let records = event.records.len();
-        let mut failed = Vec::new();
-        let sent_at: Vec<(String, u64)> = event
-            .records
-            .iter()
-            .filter_map(|r| Some((r.message_id.clone()?, crate::sent_timestamp(r)?)))
-            .collect();
-        let mut routed_records = Vec::new();
-        let mut envelopes = Vec::new();
-        for record in &event.records {
-            let id = record.message_id.clone().unwrap_or_default();
-            let body = record.body.clone().unwrap_or_default();
-            match self.route(record, &body) {
-                Ok(messages) => {
-                    // One message per target, all under the record's id (ids are unique
-                    // per target): a redelivered record is applied once by each.
-                    for (target, value) in messages {
-                        routed_records.push(id.clone());
-                        envelopes.push(Envelope {
-                            id: MessageId::Keyed(format!("sqs:{id}")),
-                            target,
-                            caller: None,
-                            value,
-                        });
-                    }
-                }
-                Err(reason) => {
-                    let group = record
-                        .event_source_arn
-                        .clone()
-                        .unwrap_or_else(|| "ingress".into());
-                    if self
-                        .dead_letters
-                        .send(
-                            "sqs-ingress",
-                            &body,
-                            &group,
-                            &id,
-                            &reason,
-                            crate::first_received(record),
-                        )
-                        .await
-                        .is_err()
-                    {
-                        failed.push(id);
-                    }
-                }
-            }
+        self.handle_until(event, None).await
+    }
+}
+
+impl Role for SqsIngress {
+    /// The messages a record routes to: one per target.
+    type Item = Vec<(Address, TypedValue)>;
+    const NAME: &'static str = "sqs-ingress";
+
+    fn shared(&self) -> Shared<'_> {
+        Shared::new(&self.dead_letters, &self.metrics, self.clock.as_ref())
+    }
+
+    fn read(&self, record: &SqsMessage, body: &str) -> Read<Self::Item> {
+        match self.route(record, body) {
+            Ok(messages) => Read::Item(messages),
+            Err(reason) => Read::Poison {
+                reason,
+                group: record
+                    .event_source_arn
+                    .clone()
+                    .unwrap_or_else(|| "ingress".into()),
+            },
         }
-        for (id, error) in routed_records
-            .iter()
-            .zip(self.transport.send_to_inbox(&envelopes).await)
-        {
-            if error.is_some() && !failed.contains(id) {
-                failed.push(id.clone());
-            }
-        }
-        let now = self.clock.now_ms();
-        self.metrics.lag_of(&sent_at, &failed, now);
-        println!("{}", self.metrics.take().emf("sqs-ingress", records, now));
-        crate::batch_response(&failed)
+    }
+
+    async fn run(
+        &self,
+        records: Vec<Record<Self::Item>>,
+        _deadline: Option<Instant>,
+    ) -> Vec<String> {
+        // One message per target, all under the record's id (ids are unique per
+        // target): a redelivered record is applied once by each.
+        let (ids, envelopes): (Vec<String>, Vec<Envelope>) = records
+            .into_iter()
+            .flat_map(|r| {
+                let id = r.id;
+                r.item.into_iter().map(move |(target, value)| {
+                    let envelope = Envelope {
+                        id: MessageId::Keyed(format!("sqs:{id}")),
+                        target,
+                        caller: None,
+                        value,
+                    };
+                    (id.clone(), envelope)
+                })
+            })
+            .unzip();
+        let results = self.transport.send_to_inbox(&envelopes).await;
+        ids.into_iter()
+            .zip(results)
+            .filter(|(_, error)| error.is_some())
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+impl SqsHandler for SqsIngress {
+    async fn handle_until(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
+        sqs_batch::handle(self, event, deadline).await
     }
 }
 

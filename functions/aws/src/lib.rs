@@ -13,6 +13,7 @@ pub mod http_ingress;
 pub mod ingress;
 pub mod keys;
 pub mod metrics;
+pub mod sqs_batch;
 pub mod transport;
 
 /// When SQS enqueued a record (its `SentTimestamp`, ms since the epoch).

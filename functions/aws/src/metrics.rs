@@ -71,52 +71,17 @@ impl Snapshot {
     /// the hours it has data, so the rare ones (conflicts, retries, dead letters,
     /// cancelled timers) cost nothing while nothing happens.
     pub fn emf(&self, function: &str, messages: usize, timestamp_ms: u64) -> Json {
-        let values: [(&str, &str, Json, bool); 10] = [
-            ("Messages", "Count", json!(messages), true),
-            ("Requests", "Count", json!(self.total_requests()), true),
-            (
-                "ReadUnits",
-                "Count",
-                json!(self.read_units),
-                self.read_units > 0.0,
-            ),
-            (
-                "WriteUnits",
-                "Count",
-                json!(self.write_units),
-                self.write_units > 0.0,
-            ),
-            (
-                "BytesSent",
-                "Bytes",
-                json!(self.bytes_sent),
-                self.bytes_sent > 0,
-            ),
-            (
-                "Conflicts",
-                "Count",
-                json!(self.conflicts),
-                self.conflicts > 0,
-            ),
-            ("Retries", "Count", json!(self.retries), self.retries > 0),
-            (
-                "DeadLettered",
-                "Count",
-                json!(self.dead_lettered),
-                self.dead_lettered > 0,
-            ),
-            (
-                "TimersCancelled",
-                "Count",
-                json!(self.timers_cancelled),
-                self.timers_cancelled > 0,
-            ),
-            (
-                "MaxLag",
-                "Milliseconds",
-                json!(self.max_lag_ms),
-                self.max_lag_ms > 0,
-            ),
+        let values = [
+            ("Messages", "Count", json!(messages)),
+            ("Requests", "Count", json!(self.total_requests())),
+            ("ReadUnits", "Count", json!(self.read_units)),
+            ("WriteUnits", "Count", json!(self.write_units)),
+            ("BytesSent", "Bytes", json!(self.bytes_sent)),
+            ("Conflicts", "Count", json!(self.conflicts)),
+            ("Retries", "Count", json!(self.retries)),
+            ("DeadLettered", "Count", json!(self.dead_lettered)),
+            ("TimersCancelled", "Count", json!(self.timers_cancelled)),
+            ("MaxLag", "Milliseconds", json!(self.max_lag_ms)),
         ];
         let mut line = json!({
             "_aws": {
@@ -129,7 +94,11 @@ impl Snapshot {
             },
             "Function": function,
         });
-        for (name, unit, value, _) in values.into_iter().filter(|v| v.3) {
+        let always = ["Messages", "Requests"];
+        let said = |(name, _, value): &(&str, &str, Json)| {
+            always.contains(name) || value.as_f64().is_some_and(|v| v != 0.0)
+        };
+        for (name, unit, value) in values.into_iter().filter(said) {
             line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
                 .as_array_mut()
                 .expect("declared above")

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use statefun_aws::app::{Parts, Role, clients, sdk_config};
 use statefun_aws::config::{AwsConfig, ConfigError};
+use statefun_aws::sqs_batch::SqsHandler;
 use statefun_core::module::IngressHost;
 use statefun_core::ports::SystemClock;
 
@@ -84,33 +85,9 @@ pub async fn serve<A: clap::Args + FromArgMatches + 'static>(app: &App<A>) -> Re
         remote: statefun_aws::app::remote_functions(&config)?,
     };
     match role {
-        Role::Dispatcher => {
-            let dispatcher = Arc::new(parts.dispatcher());
-            answer(move |event: LambdaEvent<SqsEvent>| {
-                let dispatcher = dispatcher.clone();
-                async move {
-                    let deadline = answer_by(&event.context);
-                    dispatcher.handle_until(event.payload, Some(deadline)).await
-                }
-            })
-            .await
-        }
-        Role::TimerForwarder => {
-            let forwarder = Arc::new(parts.forwarder());
-            answer(move |event: LambdaEvent<SqsEvent>| {
-                let forwarder = forwarder.clone();
-                async move { forwarder.handle(event.payload).await }
-            })
-            .await
-        }
-        Role::SqsIngress => {
-            let ingress = Arc::new(parts.sqs_ingress());
-            answer(move |event: LambdaEvent<SqsEvent>| {
-                let ingress = ingress.clone();
-                async move { ingress.handle(event.payload).await }
-            })
-            .await
-        }
+        Role::Dispatcher => answer_sqs(parts.dispatcher()).await,
+        Role::TimerForwarder => answer_sqs(parts.forwarder()).await,
+        Role::SqsIngress => answer_sqs(parts.sqs_ingress()).await,
         Role::HttpIngress => {
             let ingress = Arc::new(parts.http_ingress());
             answer(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
@@ -120,6 +97,20 @@ pub async fn serve<A: clap::Args + FromArgMatches + 'static>(app: &App<A>) -> Re
             .await
         }
     }
+}
+
+/// Runs the Lambda runtime loop for a role fed by an SQS event source, each batch
+/// answered by the invocation's deadline less a margin ([`answer_by`]).
+async fn answer_sqs<H: SqsHandler>(handler: H) -> Result<(), Error> {
+    let handler = Arc::new(handler);
+    answer(move |event: LambdaEvent<SqsEvent>| {
+        let handler = handler.clone();
+        async move {
+            let deadline = answer_by(&event.context);
+            handler.handle_until(event.payload, Some(deadline)).await
+        }
+    })
+    .await
 }
 
 /// Runs the Lambda runtime loop with a handler that always answers (failures are in
