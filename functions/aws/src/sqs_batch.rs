@@ -143,7 +143,9 @@ pub(crate) async fn handle<R: Role>(
             item,
         });
     }
-    failed.extend(role.run(read, deadline).await);
+    // Boxed: a role's run nests the whole pipeline; its layout is kept out of the
+    // Lambda runtime's (rustc's query depth).
+    failed.extend(Box::pin(role.run(read, deadline)).await);
     failed.sort_unstable();
     failed.dedup();
     let end = shared.clock.now_ms();

@@ -141,8 +141,11 @@ impl<A: clap::Args + FromArgMatches + 'static> App<A> {
 
     async fn dispatch(self) -> anyhow::Result<()> {
         if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+            // Boxed: the Lambda roles' futures nest deep (runtime, batch, pipeline,
+            // remote calls), and their layout would otherwise be computed inside this
+            // one, in the user's crate, past rustc's query depth.
             #[cfg(feature = "aws")]
-            return lambda::serve(&self)
+            return Box::pin(lambda::serve(&self))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"));
             #[cfg(not(feature = "aws"))]
